@@ -1,0 +1,38 @@
+"""Install `verl_meds` next to stock verl: ``pip install -e .`` (see README for the torch pin)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="verl_meds",
+    version="0.1.0",
+    description="MEDS (Memory-Enhanced Dynamic reward Shaping, arXiv 2604.11297) as a verl extension",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["verl_meds", "verl_meds.*", "data_prep", "data_prep.*"]),
+    package_data={"verl_meds": ["py.typed"]},
+    install_requires=[
+        # torch is a dependency but is installed first, pinned, by the README (a CPU wheel here, CUDA on clusters).
+        "torch>=2.6",
+        "numpy",
+        "scikit-learn>=1.3",
+        "hdbscan>=0.8.33",
+    ],
+    extras_require={
+        "verl": [
+            "verl>=0.9.1,<0.10",
+            "math-verify>=0.7",
+            "transformers",
+            "tokenizers",
+            "datasets",
+            "pyarrow",
+            "hydra-core",
+            "omegaconf",
+            "tqdm",
+        ],
+        "plots": ["matplotlib"],
+        "test": ["pytest", "hypothesis"],
+        "vllm": ["vllm"],
+    },
+    entry_points={"verl.plugins": ["meds = verl_meds.verl.plugin:register"]},
+)
