@@ -1,0 +1,190 @@
+r"""Final-answer locator: the boxed answer as text, and the token where it starts.
+
+MEDS reads a response's features at its final-answer token (MEDS paper): the first token of the content of
+the last `\boxed{...}` (or `\fbox{...}`). [`extract_boxed`] returns that content as text; [`locate_answer_token`]
+returns the index of its first token within the response.
+
+Example:
+
+```python
+>>> from verl_meds.answer import extract_boxed
+>>> extract_boxed(r"First \boxed{1}, then \boxed{\frac{1}{2}}.")
+'\\frac{1}{2}'
+>>> extract_boxed(r"no box here") is None
+True
+
+```
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+BOX_MARKERS = ("\\boxed{", "\\fbox{")
+_MAX_MARKER_LEN = max(len(marker) for marker in BOX_MARKERS)
+
+
+class TokenizerLike(Protocol):
+    """Anything with a Hugging Face style `decode(token_ids) -> str` (e.g. `PreTrainedTokenizerFast`)."""
+
+    def decode(self, token_ids: list[int]) -> str: ...
+
+
+def _last_marker(text: str) -> tuple[int, str] | None:
+    """Start index and marker of the last box marker in `text`, or `None`."""
+    best: tuple[int, str] | None = None
+    for marker in BOX_MARKERS:
+        start = text.rfind(marker)
+        if start >= 0 and (best is None or start > best[0]):
+            best = (start, marker)
+    return best
+
+
+def extract_boxed(text: str) -> str | None:
+    r"""
+    Content of the last `\boxed{...}` or `\fbox{...}` in `text`.
+
+    Braces inside the box may nest (`\boxed{\frac{1}{2}}`); escaped braces `\{` and `\}` are literal characters and
+    do not count. Only the last box marker is considered: if its braces are not closed (a truncated response), the
+    result is `None` even when an earlier box is complete.
+
+    Args:
+        text (`str`):
+            A decoded response.
+
+    Returns:
+        `str` or `None`: the content between the braces (possibly `""` for `\boxed{}`), or `None` when there is no
+        box or the last box is not closed.
+    """
+    found = _last_marker(text)
+    if found is None:
+        return None
+    start = found[0] + len(found[1])
+    depth = 1
+    i = start
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2  # an escaped character, e.g. `\{`, `\}` or `\\`, never opens or closes a group
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+        i += 1
+    return None
+
+
+def _answer_token_after(pieces: list[str | None], first: int, offset: int) -> int:
+    """Token holding the first non-whitespace character at or after char `offset` of token `first`; -1 if none."""
+    position = offset
+    for t in range(first, len(pieces)):
+        piece = pieces[t]
+        if piece is None:
+            raise AssertionError("token pieces right of the marker must be decoded")
+        if position >= len(piece):
+            position -= len(piece)
+            continue
+        rest = piece[position:].lstrip()
+        position = 0
+        if not rest:
+            continue
+        return -1 if rest[0] == "}" else t
+    return -1
+
+
+def locate_answer_token(response_ids: Sequence[int], tokenizer: TokenizerLike) -> int:
+    r"""
+    Index of the first token of the final answer: the token holding the first character after the `{` of the last
+    `\boxed{` or `\fbox{`.
+
+    The response is first decoded once to check that a marker occurs at all. Then tokens are decoded one by one from
+    the end (`tokenizer.decode([id])`) until the last marker is found, so the cost grows with the distance of the
+    last box from the end, not with the response length. A marker split over several tokens (`"\\"`, `"box"`,
+    `"ed"`, `"{"`) is found. When the tokenizer merged `{` with answer characters (a token `"{4"`), that token is the
+    answer token.
+
+    Deviations: leading whitespace inside the box is skipped (`\boxed{ 42}` gives the token of `4`), and an empty
+    box (`\boxed{}`) counts as no answer. An unclosed last box (`\boxed{4` at the end of a truncated response) still
+    gives the token of `4`, although [`extract_boxed`] returns `None` for it.
+
+    Args:
+        response_ids (`Sequence[int]`):
+            Token ids of the response only (no prompt, no padding), length T.
+        tokenizer (`TokenizerLike`):
+            Tokenizer with `decode(list[int]) -> str`, e.g. a Hugging Face tokenizer.
+
+    Returns:
+        `int`: 0-based index in `response_ids`, or `-1` when there is no box, the last box has nothing after `{`, or
+        the last box is empty.
+    """
+    ids = [int(token_id) for token_id in response_ids]
+    if not ids:
+        return -1
+    text = tokenizer.decode(ids)
+    if not any(marker in text for marker in BOX_MARKERS):
+        return -1
+    pieces: list[str | None] = [None] * len(ids)
+    head = ""  # the first `_MAX_MARKER_LEN - 1` characters right of the current token
+    for i in range(len(ids) - 1, -1, -1):
+        piece = tokenizer.decode([ids[i]])
+        pieces[i] = piece
+        window = piece + head
+        best: tuple[int, str] | None = None
+        for marker in BOX_MARKERS:
+            # Only occurrences that start inside `piece`; those further right were checked before.
+            start = window.rfind(marker, 0, len(piece) + len(marker) - 1)
+            if start >= 0 and (best is None or start > best[0]):
+                best = (start, marker)
+        if best is not None:
+            return _answer_token_after(pieces, i, best[0] + len(best[1]))
+        head = window[: _MAX_MARKER_LEN - 1]
+    logger.debug("A box marker occurs in the decoded response but not in the per-token decodes; no answer token.")
+    return -1
+
+
+def locate_answer_tokens(
+    response_ids: torch.Tensor, response_mask: torch.Tensor, tokenizer: TokenizerLike
+) -> torch.LongTensor:
+    """
+    Batch version of [`locate_answer_token`], looking only at tokens where `response_mask` is 1.
+
+    Args:
+        response_ids (`torch.Tensor` of shape `(N, T)`, dtype `long`):
+            Response token ids, padded.
+        response_mask (`torch.Tensor` of shape `(N, T)`, any dtype):
+            1 (or `True`) for real response tokens, 0 for padding.
+        tokenizer (`TokenizerLike`):
+            Tokenizer with `decode(list[int]) -> str`.
+
+    Returns:
+        `torch.LongTensor` of shape `(N,)`: index along T of each row's answer token, `-1` where there is none.
+
+    Raises:
+        ValueError: if the inputs are not 2-D tensors of the same shape.
+    """
+    if response_ids.dim() != 2 or response_ids.shape != response_mask.shape:
+        raise ValueError(
+            f"response_ids and response_mask must both have shape (N, T), got {tuple(response_ids.shape)} and "
+            f"{tuple(response_mask.shape)}."
+        )
+    ids = response_ids.detach().cpu().numpy()  # (N, T)
+    mask = response_mask.detach().cpu().numpy().astype(bool)  # (N, T)
+    answer_positions = torch.full((ids.shape[0],), -1, dtype=torch.long)  # (N,)
+    for n in range(ids.shape[0]):
+        positions = np.flatnonzero(mask[n])
+        if positions.size == 0:
+            continue
+        index = locate_answer_token(ids[n, positions].tolist(), tokenizer)
+        if index >= 0:
+            answer_positions[n] = int(positions[index])
+    return answer_positions

@@ -1,0 +1,377 @@
+"""Configuration of MEDS: one dataclass per component, gathered into [`MEDSConfig`].
+
+Every field is documented once, in its class docstring, and validated in `__post_init__`. Defaults are the values of
+the MEDS paper ([arXiv 2604.11297](https://huggingface.co/papers/2604.11297)) and of the authors' recipe.
+[`MEDSConfig.from_dict`] builds a config from nested plain dicts and rejects unknown keys at every level.
+
+Example:
+
+```python
+>>> from verl_meds.config import MEDSConfig
+>>> cfg = MEDSConfig.from_dict({"shaping": {"alpha": 0.05}, "clustering": {"assignment": "knn"}})
+>>> cfg.shaping.alpha, cfg.shaping.beta, cfg.clustering.assignment
+(0.05, 0.2, 'knn')
+>>> cfg.features.resolve_layers(28)[:3]
+[15, 16, 17]
+
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+LAYER_PRESETS = ("last_half", "all", "last_n")
+CLUSTER_METHODS = ("hdbscan", "single")
+ASSIGNMENTS = ("joint", "knn")
+# Metrics that `hdbscan.HDBSCAN` accepts with its default ("best") algorithm and that `knn_assign` implements.
+CLUSTER_METRICS = ("euclidean", "manhattan", "chebyshev")
+PENALTY_TARGETS = ("wrong", "right", "both", "none")
+
+
+def _check_bool(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be a bool (True or False), got {value!r}.")
+
+
+def _check_int(owner: str, name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def _check_float(owner: str, name: str, value: Any, minimum: float, strict: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > minimum if strict else value >= minimum)
+    if not ok:
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise ValueError(f"{owner}.{name} must be a finite number {bound}, got {value!r}.")
+
+
+def _check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {list(choices)}, got {value!r}.")
+
+
+def _build(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
+    """Instantiate dataclass `cls` from `values`, raising `ValueError` on keys that are not fields of `cls`."""
+    if values is None:
+        return cls()
+    if isinstance(values, cls):
+        return values
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where} must be a mapping (dict) or {cls.__name__}, got {type(values).__name__}.")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(str(k) for k in values if k not in valid)
+    if unknown:
+        raise ValueError(f"Unknown config key(s) {unknown} in {where}; valid keys are {valid}.")
+    return cls(**dict(values))
+
+
+@dataclass
+class FeatureConfig:
+    r"""
+    Which transformer layers become the feature vector of one response.
+
+    The feature of a response is, for each selected layer, the logit-lens score of its final-answer token at the
+    answer position (see `verl_meds/features.py`), so a response is described by F floats (float32).
+
+    Parameters:
+        > Parameters that control which layers become features
+
+        layers (`str` or `list[int]`, *optional*, defaults to `"last_half"`):
+            Selected layers. One of `"last_half"` (the last `L // 2` layers, at least one; for `L = 28` layers this
+            is 15..28, the paper's default), `"all"` (1..L), `"last_n"` (the last `last_n` layers) or an explicit
+            list of 1-based layer numbers. Layer `l` means Hugging Face `hidden_states[l]`, the output of block `l`;
+            `hidden_states[0]` (the embeddings) is never used, so valid numbers are 1..L.
+        last_n (`int`, *optional*, defaults to `14`):
+            Number of final layers used when `layers == "last_n"`; must be <= L (checked in `resolve_layers`).
+        diff (`bool`, *optional*, defaults to `False`):
+            Use the differences between consecutive selected layers instead of the values (the paper's "-diff"
+            variants), which gives F - 1 values instead of F.
+
+        > Parameters that control the logit lens
+
+        final_norm (`bool`, *optional*, defaults to `True`):
+            Apply the model's final norm to intermediate layers before projecting them with the LM head (the standard
+            logit lens). `False` reproduces the authors' code, which projects raw intermediate states. The last
+            layer is already normed in Hugging Face outputs and is never normed again.
+    """
+
+    layers: str | list[int] = "last_half"
+    last_n: int = 14
+    diff: bool = False
+    final_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, str):
+            _check_choice("FeatureConfig", "layers", self.layers, LAYER_PRESETS)
+        elif isinstance(self.layers, (list, tuple)):
+            self.layers = list(self.layers)
+            if not self.layers:
+                raise ValueError("FeatureConfig.layers must not be an empty list; give 1-based layer numbers >= 1.")
+            for layer in self.layers:
+                if isinstance(layer, bool) or not isinstance(layer, int) or layer < 1:
+                    raise ValueError(
+                        f"FeatureConfig.layers entries must be 1-based layer numbers (integers >= 1), got {layer!r}."
+                    )
+            if len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"FeatureConfig.layers must not repeat a layer, got {self.layers!r}.")
+        else:
+            raise ValueError(
+                f"FeatureConfig.layers must be one of {list(LAYER_PRESETS)} or a list of 1-based layer numbers, "
+                f"got {self.layers!r}."
+            )
+        _check_int("FeatureConfig", "last_n", self.last_n, 1)
+        _check_bool("FeatureConfig", "diff", self.diff)
+        _check_bool("FeatureConfig", "final_norm", self.final_norm)
+
+    def resolve_layers(self, num_layers: int) -> list[int]:
+        """
+        Selected layers as sorted 1-based numbers for a model with `num_layers` transformer blocks.
+
+        Args:
+            num_layers (`int`):
+                Number of transformer blocks L of the model (Hugging Face `hidden_states` has L + 1 entries).
+
+        Returns:
+            `list[int]`: sorted layer numbers in 1..L.
+
+        Raises:
+            ValueError: if `num_layers < 1`, if an explicit layer is outside 1..L, if `last_n > L`, or if `diff` is
+                set and fewer than two layers are selected.
+        """
+        _check_int("FeatureConfig.resolve_layers", "num_layers", num_layers, 1)
+        if self.layers == "all":
+            selected = list(range(1, num_layers + 1))
+        elif self.layers == "last_half":
+            count = max(1, num_layers // 2)
+            selected = list(range(num_layers - count + 1, num_layers + 1))
+        elif self.layers == "last_n":
+            if self.last_n > num_layers:
+                raise ValueError(
+                    f"FeatureConfig.last_n={self.last_n} exceeds the model's number of layers L={num_layers}; "
+                    f"the valid range is 1..{num_layers}."
+                )
+            selected = list(range(num_layers - self.last_n + 1, num_layers + 1))
+        else:
+            for layer in self.layers:
+                if layer > num_layers:
+                    raise ValueError(
+                        f"FeatureConfig.layers contains layer {layer}, outside the valid range 1..{num_layers} "
+                        f"(1-based hidden_states indices of a {num_layers}-layer model)."
+                    )
+            selected = sorted(self.layers)
+        if self.diff and len(selected) < 2:
+            raise ValueError(f"FeatureConfig.diff=True needs at least 2 selected layers, got {selected}.")
+        return selected
+
+    def num_features(self, num_layers: int) -> int:
+        """Number F of floats per response for a model with `num_layers` blocks (one less when `diff` is set)."""
+        return len(self.resolve_layers(num_layers)) - (1 if self.diff else 0)
+
+
+@dataclass
+class MemoryConfig:
+    r"""
+    Per-prompt memory of past responses.
+
+    Parameters:
+        > Parameters that control the error memory
+
+        capacity (`int`, *optional*, defaults to `256`):
+            Maximum number of entries kept per prompt and outcome (wrong or right); when full, the oldest entries
+            are dropped first (FIFO). The authors' recipe never drops entries.
+        prompt_key (`str`, *optional*, defaults to `"index"`):
+            Name of the dataset field holding a stable prompt id. Memory is keyed by it, never by verl's per-batch
+            `uid`, which is a new uuid4 every step.
+    """
+
+    capacity: int = 256
+    prompt_key: str = "index"
+
+    def __post_init__(self) -> None:
+        _check_int("MemoryConfig", "capacity", self.capacity, 1)
+        if not isinstance(self.prompt_key, str) or not self.prompt_key:
+            raise ValueError(f"MemoryConfig.prompt_key must be a non-empty string, got {self.prompt_key!r}.")
+
+
+@dataclass
+class ClusterConfig:
+    r"""
+    How one prompt's stored responses are clustered and how a new response gets its cluster size |C|.
+
+    Parameters:
+        > Parameters that control the clustering
+
+        method (`Literal["hdbscan", "single"]`, *optional*, defaults to `"hdbscan"`):
+            `"hdbscan"` clusters with HDBSCAN ([Campello et al. 2013](https://doi.org/10.1007/978-3-642-37456-2_14)).
+            `"single"` treats every stored response of the prompt as one cluster (the "MEDS-single cluster" ablation,
+            MEDS paper Table 2), so |C| counts all other stored and current responses of the same outcome.
+        assignment (`Literal["joint", "knn"]`, *optional*, defaults to `"joint"`):
+            `"joint"` clusters the stored history together with this step's new responses; |C| is the number of
+            other members of the new response's cluster. `"knn"` follows the authors' order: a new response takes
+            the majority label of its `knn_k` nearest stored responses (labels of the previous fit), |C| is the size
+            of that cluster in the history, and the history is refitted with the new responses included.
+        min_cluster_size (`int`, *optional*, defaults to `2`):
+            HDBSCAN `min_cluster_size`; must be >= 2. A prompt with fewer usable responses has no clusters.
+        min_samples (`int`, *optional*, defaults to `1`):
+            HDBSCAN `min_samples` in the scikit-learn-contrib `hdbscan` convention used here (the point itself is
+            not counted). scikit-learn's `sklearn.cluster.HDBSCAN` counts the point itself, so its equivalent value
+            is `min_samples + 1`.
+        knn_k (`int`, *optional*, defaults to `3`):
+            Number of neighbours voting in `assignment="knn"` (the recipe's hard-coded `k=3`).
+        metric (`str`, *optional*, defaults to `"euclidean"`):
+            Distance between feature vectors, one of `"euclidean"`, `"manhattan"`, `"chebyshev"`. On L2-normalised
+            rows the euclidean distance is a monotone function of the cosine distance.
+        l2_normalize (`bool`, *optional*, defaults to `True`):
+            Scale each feature row to unit L2 norm before clustering (rows of zeros stay zero), as in the recipe.
+        allow_single_cluster (`bool`, *optional*, defaults to `True`):
+            HDBSCAN `allow_single_cluster`. With `False` (the `hdbscan` default the recipe kept) HDBSCAN never
+            returns a single cluster, so a prompt whose stored responses are all alike gets only noise (|C| = 0).
+    """
+
+    method: Literal["hdbscan", "single"] = "hdbscan"
+    assignment: Literal["joint", "knn"] = "joint"
+    min_cluster_size: int = 2
+    min_samples: int = 1
+    knn_k: int = 3
+    metric: str = "euclidean"
+    l2_normalize: bool = True
+    allow_single_cluster: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("ClusterConfig", "method", self.method, CLUSTER_METHODS)
+        _check_choice("ClusterConfig", "assignment", self.assignment, ASSIGNMENTS)
+        _check_int("ClusterConfig", "min_cluster_size", self.min_cluster_size, 2)
+        _check_int("ClusterConfig", "min_samples", self.min_samples, 1)
+        _check_int("ClusterConfig", "knn_k", self.knn_k, 1)
+        _check_choice("ClusterConfig", "metric", self.metric, CLUSTER_METRICS)
+        _check_bool("ClusterConfig", "l2_normalize", self.l2_normalize)
+        _check_bool("ClusterConfig", "allow_single_cluster", self.allow_single_cluster)
+
+
+@dataclass
+class ShapingConfig:
+    r"""
+    Penalty from cluster size and how it changes the reward before GRPO normalisation.
+
+    The penalty of a response in a cluster of size |C| is (MEDS paper, reward shaping equation)
+
+    $$
+    p = \min\bigl(\alpha \ln(|C| + 1),\ \beta\bigr), \qquad \tilde r = r - p \text{ for a wrong response.}
+    $$
+
+    The authors' recipe writes the cap as `coef * C` with `C = 2.0`, so `beta = alpha * C`.
+
+    Parameters:
+        > Parameters that control the penalty
+
+        alpha (`float`, *optional*, defaults to `0.1`):
+            Penalty scale, >= 0.
+        beta (`float`, *optional*, defaults to `0.2`):
+            Penalty cap, >= 0.
+        penalty_target (`Literal["wrong", "right", "both", "none"]`, *optional*, defaults to `"wrong"`):
+            Which responses are penalised and remembered. Wrong responses get `r - p`; right responses get
+            `r / (1 + p)` (the recipe's sign-preserving form); `"none"` leaves rewards unchanged.
+
+        > Parameters that control the GRPO advantage
+
+        std_eps (`float`, *optional*, defaults to `1e-6`):
+            Epsilon added to the group standard deviation (verl's GRPO value; TRL uses `1e-4`). Must be > 0.
+        norm_adv_by_std (`bool`, *optional*, defaults to `True`):
+            Divide the centred score by the group standard deviation (`False` is Dr. GRPO,
+            [Liu et al. 2025](https://huggingface.co/papers/2503.20783)).
+    """
+
+    alpha: float = 0.1
+    beta: float = 0.2
+    penalty_target: Literal["wrong", "right", "both", "none"] = "wrong"
+    std_eps: float = 1e-6
+    norm_adv_by_std: bool = True
+
+    def __post_init__(self) -> None:
+        _check_float("ShapingConfig", "alpha", self.alpha, 0.0)
+        _check_float("ShapingConfig", "beta", self.beta, 0.0)
+        _check_choice("ShapingConfig", "penalty_target", self.penalty_target, PENALTY_TARGETS)
+        _check_float("ShapingConfig", "std_eps", self.std_eps, 0.0, strict=True)
+        _check_bool("ShapingConfig", "norm_adv_by_std", self.norm_adv_by_std)
+
+
+@dataclass
+class MEDSConfig:
+    r"""
+    Full MEDS configuration (MEDS paper, [arXiv 2604.11297](https://huggingface.co/papers/2604.11297)).
+
+    Parameters:
+        > Parameters that control MEDS as a whole
+
+        enable (`bool`, *optional*, defaults to `True`):
+            Whether the integration shapes rewards at all; with `False` training is plain GRPO.
+        features (`FeatureConfig` or `dict`, *optional*):
+            Layer selection and logit-lens options, see [`FeatureConfig`].
+        memory (`MemoryConfig` or `dict`, *optional*):
+            Per-prompt memory options, see [`MemoryConfig`].
+        clustering (`ClusterConfig` or `dict`, *optional*):
+            Clustering and assignment options, see [`ClusterConfig`].
+        shaping (`ShapingConfig` or `dict`, *optional*):
+            Penalty and advantage options, see [`ShapingConfig`].
+    """
+
+    enable: bool = True
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    clustering: ClusterConfig = field(default_factory=ClusterConfig)
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
+
+    def __post_init__(self) -> None:
+        _check_bool("MEDSConfig", "enable", self.enable)
+        self.features = _build(FeatureConfig, self.features, "MEDSConfig.features")
+        self.memory = _build(MemoryConfig, self.memory, "MEDSConfig.memory")
+        self.clustering = _build(ClusterConfig, self.clustering, "MEDSConfig.clustering")
+        self.shaping = _build(ShapingConfig, self.shaping, "MEDSConfig.shaping")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> MEDSConfig:
+        """
+        Build a config from nested plain dicts (convert an OmegaConf `DictConfig` with `OmegaConf.to_container`).
+
+        Args:
+            d (`Mapping` or `None`):
+                Keys `enable`, `features`, `memory`, `clustering`, `shaping`; each component is a dict of its fields.
+                Missing keys keep their defaults; `None` gives the default config.
+
+        Returns:
+            `MEDSConfig`: the validated config.
+
+        Raises:
+            ValueError: on an unknown key at any level (the message lists the valid keys) or an invalid value.
+        """
+        return _build(cls, d, "MEDSConfig")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain-dict form; `MEDSConfig.from_dict(cfg.to_dict()) == cfg`."""
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """
+        Fields that change what a stored feature vector means.
+
+        A memory saved under one fingerprint must not be resumed under another. `last_n` is reported as `None`
+        unless `layers == "last_n"`, since it has no effect otherwise.
+
+        Returns:
+            `dict`: keys `layers`, `last_n`, `diff`, `final_norm`, `l2_normalize`.
+        """
+        features = self.features
+        layers = list(features.layers) if isinstance(features.layers, list) else features.layers
+        return {
+            "layers": layers,
+            "last_n": features.last_n if features.layers == "last_n" else None,
+            "diff": features.diff,
+            "final_norm": features.final_norm,
+            "l2_normalize": self.clustering.l2_normalize,
+        }
