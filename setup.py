@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["verl_meds", "verl_meds.*", "data_prep", "data_prep.*"]),
-    package_data={"verl_meds": ["py.typed"]},
+    package_data={"verl_meds": ["py.typed"], "verl_meds.verl": ["config/*.yaml"]},
     install_requires=[
         # torch is a dependency but is installed first, pinned, by the README (a CPU wheel here, CUDA on clusters).
         "torch>=2.6",
@@ -20,7 +20,7 @@ setup(
     ],
     extras_require={
         "verl": [
-            "verl>=0.9.1,<0.10",
+            "verl[verl-core]>=0.9.1,<0.10",
             "math-verify>=0.7",
             "transformers",
             "tokenizers",
@@ -34,5 +34,5 @@ setup(
         "test": ["pytest", "hypothesis"],
         "vllm": ["vllm"],
     },
-    entry_points={"verl.plugins": ["meds = verl_meds.verl.plugin:register"]},
+    entry_points={"verl.plugins": ["meds = verl_meds.verl.autoload"]},
 )
