@@ -1,15 +1,209 @@
-"""placeholder"""
+"""The MEDS step hook: verl's synchronous V1 trainer with three thin overrides (registered as trainer mode ``meds``).
+
+Per step, in verl's own order (``_step_once``), MEDS adds:
+
+1. **old_log_prob** (:meth:`MEDSTrainer._compute_old_log_prob`): locate each response's final-answer token, ask the
+   actor workers to capture logit-lens features during the recompute (:mod:`verl_meds.verl.worker`), then update the
+   per-prompt memory and compute the penalty of every response (:class:`verl_meds.memory.ErrorMemory`,
+   :func:`verl_meds.shaping.penalty_from_cluster_sizes`).
+2. **advantage** (:meth:`MEDSTrainer._compute_advantage`): shape the rewards (:func:`verl_meds.shaping.shape_rewards`),
+   keep the raw ones in the metrics, write the shaped reward into verl's token-level scores and let verl's
+   ``compute_advantage`` call the registered ``meds`` estimator (GRPO normalisation).
+3. **checkpoints**: the memory is written atomically into each ``global_step_N`` folder *before* verl writes its
+   ``latest_checkpointed_iteration.txt``, and restored on resume (a config whose features differ is refused).
+
+With ``meds.enable=false`` the trainer is verl's ``PPOTrainerSync`` unchanged (the baselines' code path).
+Nothing of verl's long methods is copied: each override adds its work and calls ``super()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+import numpy as np
+import ray
+import torch
+import transfer_queue as tq
+from omegaconf import DictConfig, OmegaConf
+from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
+
+from verl_meds.answer import locate_answer_tokens
+from verl_meds.config import MEDSConfig
+from verl_meds.features import finalize_features
+from verl_meds.memory import ErrorMemory
+from verl_meds.shaping import penalty_from_cluster_sizes, shape_rewards
+from verl_meds.verl.checkpoint import load_memory, memory_path, save_memory
+from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY, MEDSActorRolloutRefWorker
+
+logger = logging.getLogger(__name__)
+
+
+def meds_config_from_trainer_config(config: DictConfig) -> MEDSConfig:
+    """The validated :class:`MEDSConfig` of a verl trainer config's top-level ``meds`` block.
+
+    Raises:
+        ValueError: for unknown keys or invalid values (the message names the field, the value and what is allowed).
+    """
+    block = config.get("meds", None)
+    return MEDSConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
+
+
+def model_num_layers(config: DictConfig) -> int:
+    """Number of decoder layers L of the policy named by ``actor_rollout_ref.model.path`` (read from its config)."""
+    from transformers import AutoConfig
+    from verl.utils.fs import copy_to_local
+
+    path = copy_to_local(config.actor_rollout_ref.model.path)
+    hf_config = AutoConfig.from_pretrained(path, trust_remote_code=config.actor_rollout_ref.model.get("trust_remote_code", False))
+    hf_config = getattr(hf_config, "text_config", hf_config)
+    return int(hf_config.num_hidden_layers)
+
+
+def stable_prompt_ids(extra_infos: list, prompts: list[torch.Tensor], prompt_key: str) -> list[str]:
+    """Stable id of each rollout's prompt: ``extra_info[prompt_key]`` when present, else a hash of the prompt ids.
+
+    The fallback is ``"sha1:" + sha1(int64 little-endian bytes of the prompt token ids)``, which is the same for the
+    same prompt in every step (verl's ``uid`` is not: it is a new uuid4 per batch).
+    """
+    ids = []
+    for info, prompt in zip(extra_infos, prompts):
+        value = info.get(prompt_key) if isinstance(info, dict) else None
+        if value is None:
+            digest = hashlib.sha1(prompt.to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()
+            ids.append(f"sha1:{digest}")
+        else:
+            ids.append(str(value))
+    return ids
 
 
 @register_trainer("meds")
 class MEDSTrainer(PPOTrainerSync):
-    pass
+    """verl ``PPOTrainerSync`` + MEDS reward shaping (see the module docstring for what each override adds)."""
+
+    def __init__(self, config: DictConfig):
+        super().__init__(config)
+        self.meds_config = meds_config_from_trainer_config(config)
+        self.meds_enabled = self.meds_config.enable
+        self.meds_memory = ErrorMemory(self.meds_config)
+        self.meds_layers = self.meds_config.features.resolve_layers(model_num_layers(config))
+        self._meds_step: dict | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        if not self.meds_enabled:
+            return
+        for role in (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor):
+            if role in self.role_worker_mapping:
+                self.role_worker_mapping[role] = ray.remote(MEDSActorRolloutRefWorker)
+
+    # ------------------------------------------------------------------ 1. features, memory, penalties
+    def _compute_old_log_prob(self, batch, metrics: dict):
+        if not self.meds_enabled:
+            return super()._compute_old_log_prob(batch, metrics)
+        fields = ["prompts", "responses", "response_mask", "extra_info", "extra_fields"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        prompts = list(data["prompts"].unbind())
+        responses = data["responses"].to_padded_tensor(padding=self.tokenizer.pad_token_id or 0)  # (N, T)
+        response_mask = data["response_mask"].to_padded_tensor(padding=0)  # (N, T)
+        answer_index = locate_answer_tokens(responses, response_mask, self.tokenizer)  # (N,), -1 = none
+        prompt_len = torch.tensor([p.numel() for p in prompts], dtype=torch.long)  # (N,)
+        has_answer = answer_index >= 0
+        pred_pos = torch.where(has_answer, prompt_len + answer_index - 1, torch.full_like(answer_index, -1))
+        answer_token = torch.where(
+            has_answer, responses.gather(1, answer_index.clamp(min=0).unsqueeze(1)).squeeze(1), 0
+        )
+        tq.kv_batch_put(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            fields=tq_fields({PRED_POS_KEY: pred_pos, ANSWER_TOKEN_KEY: answer_token}, len(batch)),
+        )
+        batch.extra_info.update(
+            {"meds_capture": True, "meds_layers": list(self.meds_layers), "meds_final_norm": self.meds_config.features.final_norm}
+        )
+        try:
+            batch = super()._compute_old_log_prob(batch, metrics)
+        finally:
+            batch.extra_info["meds_capture"] = False
+        out = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[FEATURES_KEY])
+        raw = out[FEATURES_KEY].to_padded_tensor(padding=float("nan"))  # (N, L_sel)
+        features = finalize_features(raw, self.meds_config.features.diff).numpy()  # (N, F)
+        valid = has_answer.numpy() & np.isfinite(features).all(axis=1)
+
+        extra_infos = list(data["extra_info"]) if "extra_info" in data.keys() else [None] * len(prompts)
+        prompt_ids = stable_prompt_ids(extra_infos, prompts, self.meds_config.memory.prompt_key)
+        correct = np.array([_accuracy(f) for f in data["extra_fields"]], dtype=bool)
+        sizes, memory_metrics = self.meds_memory.step(prompt_ids, features.astype(np.float32), valid, correct)
+        shaping = self.meds_config.shaping
+        penalties = penalty_from_cluster_sizes(torch.as_tensor(sizes), shaping.alpha, shaping.beta)  # (N,)
+        self._meds_step = {"keys": list(batch.keys), "penalties": penalties, "correct": torch.as_tensor(correct)}
+        metrics.update(memory_metrics)
+        metrics["meds/features/answer_found_frac"] = float(has_answer.float().mean()) if len(prompts) else 0.0
+        return batch
+
+    # ------------------------------------------------------------------ 2. shaped rewards -> advantage
+    def _compute_advantage(self, batch, metrics: dict):
+        step, self._meds_step = self._meds_step, None
+        if not self.meds_enabled or step is None:
+            return super()._compute_advantage(batch, metrics)
+        if step["keys"] != list(batch.keys):
+            raise RuntimeError("MEDS: the batch changed between old_log_prob and advantage; penalties would misalign")
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores"])
+        scores = list(data["rm_scores"].unbind())
+        rewards = torch.stack([s.sum() for s in scores]).float()  # (N,)
+        shaped, shaping_metrics = shape_rewards(
+            rewards, step["correct"], step["penalties"], self.meds_config.shaping.penalty_target
+        )
+        shaped_scores = []
+        for score, old, new in zip(scores, rewards, shaped):
+            score = score.clone().float()
+            if score.numel():
+                score[-1] += new - old  # verl puts the outcome reward on the last response token
+            shaped_scores.append(score)
+        nested = torch.nested.as_nested_tensor(shaped_scores, layout=torch.jagged)
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields({"rm_scores": nested}, len(batch)))
+        metrics.update(shaping_metrics)
+        return super()._compute_advantage(batch, metrics)
+
+    # ------------------------------------------------------------------ 3. checkpoints
+    def _save_checkpoint(self):
+        if self.meds_enabled:
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+            save_memory(self.meds_memory, memory_path(folder), self.global_steps)
+        super()._save_checkpoint()
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        if not self.meds_enabled or self.global_steps == 0:
+            return
+        if self.config.trainer.resume_mode == "resume_path":
+            folder = self.config.trainer.resume_from_path
+        else:
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+        if not os.path.isabs(folder):
+            folder = os.path.join(os.getcwd(), folder)
+        path = memory_path(folder)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"MEDS: resuming from {folder} but it has no MEDS memory ({os.path.basename(path)}); the run would "
+                "silently restart MEDS with an empty memory. Resume from a MEDS checkpoint or set meds.enable=false."
+            )
+        load_memory(self.meds_memory, path)
+        logger.info("MEDS memory restored from %s (%d entries)", path, self.meds_memory.num_entries)
 
 
-def meds_config_from_trainer_config(config):
-    from omegaconf import OmegaConf
+def _accuracy(extra_fields) -> float:
+    info = extra_fields.get("reward_extra_info", {}) if isinstance(extra_fields, dict) else {}
+    if "acc" not in info:
+        raise KeyError("MEDS needs the reward function to return 'acc' (see verl_meds.verl.reward.compute_score)")
+    return float(info["acc"]) > 0.5
 
-    from verl_meds.config import MEDSConfig
 
-    return MEDSConfig.from_dict(OmegaConf.to_container(config.meds, resolve=True))
+def tq_fields(values: dict[str, torch.Tensor], batch_size: int):
+    """Wrap per-sample tensors as the TensorDict that TransferQueue's ``kv_batch_put`` takes."""
+    from tensordict import TensorDict
+
+    return TensorDict(values, batch_size=batch_size)
