@@ -16,6 +16,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 logger = logging.getLogger(__name__)
 
+FORWARDED_ENV = ("VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT")
+"""Driver environment variables passed on to verl's Ray actors (where verl's file logger runs)."""
+
 
 def prepare(config: DictConfig) -> DictConfig:
     """Set up the process for ``config`` and validate it (no Ray start). Returns the same, completed config.
@@ -26,8 +29,10 @@ def prepare(config: DictConfig) -> DictConfig:
     """
     from verl_meds.verl import cpu
 
+    env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
     if config.trainer.device == "cpu":
-        env = cpu.enable_cpu_mode()
+        env.update(cpu.enable_cpu_mode())
+    if env:
         with open_dict(config):
             ray_init = config.ray_kwargs.setdefault("ray_init", {})
             runtime_env = ray_init.setdefault("runtime_env", {})

@@ -166,6 +166,7 @@ class MEDSTrainer(PPOTrainerSync):
         nested = torch.nested.as_nested_tensor(shaped_scores, layout=torch.jagged)
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields({"rm_scores": nested}, len(batch)))
         metrics.update(shaping_metrics)
+        metrics["meds/penalty/count"] = float((step["penalties"] > 0).sum())
         return super()._compute_advantage(batch, metrics)
 
     # ------------------------------------------------------------------ 3. checkpoints

@@ -1,0 +1,86 @@
+"""Summarise a training run from verl's metric files: ``python -m verl_meds.verl.summary OUT_DIR``.
+
+Reads every ``OUT_DIR/metrics.*.jsonl`` (one per attempt: the first run and each resume; verl's file logger writes
+one JSON record ``{"step": s, "data": {...}}`` per step), merges them by step (a later attempt wins), prints a short
+report and writes it to ``OUT_DIR/summary.json``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import sys
+from typing import Any
+
+ACC_PATTERN = re.compile(r"^val-core/.+/acc/mean@\d+$")
+
+
+def read_metrics(out_dir: str) -> dict[int, dict[str, Any]]:
+    """Per-step metrics of all attempts in ``out_dir``, merged (later attempts override earlier ones)."""
+
+    def attempt(path: str) -> int:
+        match = re.search(r"metrics\.(\d+)\.jsonl$", path)
+        return int(match.group(1)) if match else -1
+
+    steps: dict[int, dict[str, Any]] = {}
+    for path in sorted(glob.glob(os.path.join(out_dir, "metrics.*.jsonl")), key=attempt):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                record = json.loads(line)
+                steps.setdefault(int(record["step"]), {}).update(record["data"])
+    return steps
+
+
+def summarise(out_dir: str) -> dict[str, Any]:
+    """Report of a run: steps, validation accuracy before/after, MEDS penalties, step time, artefact paths."""
+    steps = read_metrics(out_dir)
+    val = [(s, v) for s, d in sorted(steps.items()) for k, v in d.items() if ACC_PATTERN.match(k)]
+    train_steps = sorted(s for s, d in steps.items() if "training/global_step" in d or "timing_s/step" in d)
+    penalised = sum(float(steps[s].get("meds/penalty/count", 0.0)) for s in train_steps)
+    step_times = [float(steps[s]["timing_s/step"]) for s in train_steps if "timing_s/step" in steps[s]]
+    checkpoints = sorted(glob.glob(os.path.join(out_dir, "checkpoints", "global_step_*")))
+    memories = sorted(glob.glob(os.path.join(out_dir, "checkpoints", "global_step_*", "meds_memory.pkl")))
+    return {
+        "out_dir": os.path.abspath(out_dir),
+        "train_steps": len(train_steps),
+        "val_acc_before": val[0][1] if val else None,
+        "val_acc_after": val[-1][1] if len(val) > 1 else None,
+        "penalised_responses": int(penalised),
+        "mean_step_seconds": sum(step_times) / len(step_times) if step_times else None,
+        "train_acc_last": steps[train_steps[-1]].get("critic/score/mean") if train_steps else None,
+        "metrics_files": sorted(glob.glob(os.path.join(os.path.abspath(out_dir), "metrics.*.jsonl"))),
+        "latest_checkpoint": os.path.abspath(checkpoints[-1]) if checkpoints else None,
+        "latest_memory": os.path.abspath(memories[-1]) if memories else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m verl_meds.verl.summary OUT_DIR", file=sys.stderr)
+        return 2
+    report = summarise(argv[0])
+    with open(os.path.join(argv[0], "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+
+    def fmt(value: Any) -> str:
+        return "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+
+    print("== verl_meds run summary ==")
+    print(f"steps trained          : {report['train_steps']}  (mean step {fmt(report['mean_step_seconds'])} s)")
+    print(f"val accuracy before    : {fmt(report['val_acc_before'])}")
+    print(f"val accuracy after     : {fmt(report['val_acc_after'])}")
+    print(f"responses penalised    : {report['penalised_responses']}")
+    print(f"metrics (JSONL)        : {', '.join(report['metrics_files']) or 'none'}")
+    print(f"latest checkpoint      : {report['latest_checkpoint'] or 'none'}")
+    print(f"MEDS memory checkpoint : {report['latest_memory'] or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
