@@ -52,14 +52,13 @@ def save_memory(memory: ErrorMemory, path: str, global_step: int) -> int:
     return os.path.getsize(path)
 
 
-def read_memory_state(path: str) -> dict:
-    """The memory state dict stored at ``path``, after checking format, version and checksum.
-
-    Raises:
-        ValueError: for a file of another format or version, or whose checksum does not match (corruption).
-    """
+def _read_record(path: str) -> dict:
+    """The record stored at ``path``, after checking format, version and checksum (see :func:`read_memory_state`)."""
     with open(path, "rb") as f:
-        record = pickle.load(f)
+        try:
+            record = pickle.load(f)
+        except Exception as exc:  # not a pickle at all (a text file, an empty or truncated file)
+            raise ValueError(f"{path} is not a verl_meds memory file (it cannot be unpickled: {exc!r})") from exc
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError(f"{path} is not a verl_meds memory file")
     if record.get("format_version") != FORMAT_VERSION:
@@ -69,7 +68,17 @@ def read_memory_state(path: str) -> dict:
     payload = record["payload"]
     if hashlib.sha256(payload).hexdigest() != record.get("sha256"):
         raise ValueError(f"{path} is corrupted: its checksum does not match its contents")
-    return pickle.loads(payload)
+    return record
+
+
+def read_memory_state(path: str) -> dict:
+    """The memory state dict stored at ``path``, after checking format, version and checksum.
+
+    Raises:
+        ValueError: for a file of another format or version (including files that are not pickles at all), or whose
+            checksum does not match (corruption).
+    """
+    return pickle.loads(_read_record(path)["payload"])
 
 
 def load_memory(memory: ErrorMemory, path: str) -> None:

@@ -345,6 +345,10 @@ def install() -> None:
         os.environ.setdefault(key, value)
     from verl.plugin.platform.platform_manager import PlatformRegistry
 
+    if _installed:
+        # The import above may have imported verl for the first time, which runs the verl_meds plugin, which has
+        # installed already: registering again would replace the class of the platform verl has just cached.
+        return
     PlatformRegistry.register(platform="cpu")(_make_platform_class())
 
     import torch.distributed as dist

@@ -179,12 +179,18 @@ class HFRolloutServer:
 
     # ---------------------------------------------------------------- weights and lifecycle
     async def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None) -> None:
-        """Load the actor's weights (full tensors, HF parameter names)."""
-        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        """Load the actor's weights (full tensors, HF parameter names).
+
+        Raises:
+            RuntimeError: when the names do not match the model's; checked before any weight is changed.
+        """
+        expected = set(self.model.state_dict())
         tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
-        missing = [k for k in missing if k not in tied]
+        missing = sorted(expected - set(state_dict) - tied)
+        unexpected = sorted(set(state_dict) - expected)
         if missing or unexpected:
             raise RuntimeError(f"hf rollout weight update mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
+        self.model.load_state_dict(state_dict, strict=False)
         if global_steps is not None:
             self.global_steps = global_steps
 

@@ -1,0 +1,109 @@
+"""Tests for the helpers of `verl_meds.verl.trainer`: stable prompt ids and the `meds` block of a verl config."""
+
+import hashlib
+import struct
+
+import pytest
+import torch
+
+pytest.importorskip("verl")
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from verl_meds.config import MEDSConfig  # noqa: E402
+from verl_meds.verl.trainer import meds_config_from_trainer_config, stable_prompt_ids  # noqa: E402
+
+pytestmark = pytest.mark.requires_verl
+
+
+def _sha1_of_ids(ids: list[int]) -> str:
+    return "sha1:" + hashlib.sha1(struct.pack(f"<{len(ids)}q", *ids)).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- stable_prompt_ids
+
+
+def test_prompt_key_from_extra_info_is_used_as_str():
+    prompts = [torch.tensor([1, 2, 3]), torch.tensor([4, 5]), torch.tensor([6])]
+    infos = [{"index": 17, "split": "train"}, {"index": "q-9"}, {"index": 0}]
+    assert stable_prompt_ids(infos, prompts, "index") == ["17", "q-9", "0"]
+
+
+def test_hash_fallback_matches_documented_formula():
+    # "sha1:" + sha1 of the int64 little-endian bytes of the prompt ids, whatever the tensor's dtype.
+    prompts = [torch.tensor([151644, 872, 198], dtype=torch.int64), torch.tensor([7, 300], dtype=torch.int32)]
+    ids = stable_prompt_ids([None, None], prompts, "index")
+    assert ids == [_sha1_of_ids([151644, 872, 198]), _sha1_of_ids([7, 300])]
+
+
+def test_hash_is_equal_for_equal_prompts_and_differs_otherwise():
+    a = torch.tensor([10, 20, 30, 40])
+    same_values = torch.tensor([10, 20, 30, 40], dtype=torch.int32)
+    permuted = torch.tensor([20, 10, 30, 40])
+    prefix = torch.tensor([10, 20, 30])
+    padded = torch.tensor([0, 10, 20, 30, 40])
+    ids = stable_prompt_ids([None] * 5, [a, same_values, permuted, prefix, padded], "index")
+    assert ids[0] == ids[1]
+    assert len(set(ids[0:1] + ids[2:])) == 4
+    # The id does not depend on the step: a second call (a later batch) gives the same strings.
+    assert stable_prompt_ids([None], [a.clone()], "index") == ids[:1]
+
+
+def test_fallback_when_extra_info_lacks_the_key_or_is_not_a_dict():
+    prompt = torch.tensor([3, 1, 4, 1, 5])
+    infos = [{"other": 1}, {"index": None}, None, "not a dict"]
+    assert stable_prompt_ids(infos, [prompt] * 4, "index") == [_sha1_of_ids([3, 1, 4, 1, 5])] * 4
+
+
+def test_mixed_batch_keeps_order():
+    prompts = [torch.tensor([1]), torch.tensor([2]), torch.tensor([1])]
+    ids = stable_prompt_ids([{"uid": "a"}, None, {"uid": "c"}], prompts, "uid")
+    assert ids == ["a", _sha1_of_ids([2]), "c"]
+
+
+# ---------------------------------------------------------------------------------------------- meds config block
+
+
+def test_missing_block_gives_defaults():
+    config = OmegaConf.create({"trainer": {"total_epochs": 1}, "algorithm": {"adv_estimator": "grpo"}})
+    assert meds_config_from_trainer_config(config) == MEDSConfig()
+
+
+def test_null_block_gives_defaults():
+    assert meds_config_from_trainer_config(OmegaConf.create({"meds": None})) == MEDSConfig()
+
+
+def test_block_values_are_read_and_interpolations_resolved():
+    config = OmegaConf.create(
+        {
+            "data": {"prompt_key": "problem_id"},
+            "meds": {
+                "enable": True,
+                "features": {"layers": "all", "diff": True},
+                "memory": {"capacity": 32, "prompt_key": "${data.prompt_key}"},
+                "shaping": {"alpha": 0.05},
+            },
+        }
+    )
+    cfg = meds_config_from_trainer_config(config)
+    assert cfg.features.layers == "all" and cfg.features.diff is True
+    assert cfg.memory.capacity == 32 and cfg.memory.prompt_key == "problem_id"
+    assert cfg.shaping.alpha == 0.05
+    assert cfg.clustering == MEDSConfig().clustering  # untouched sections keep their defaults
+
+
+def test_enable_false_is_kept():
+    assert meds_config_from_trainer_config(OmegaConf.create({"meds": {"enable": False}})).enable is False
+
+
+@pytest.mark.parametrize(
+    ("block", "named"),
+    [
+        ({"enabled": True}, "enabled"),  # a typo at the top level
+        ({"shaping": {"alpah": 0.1}}, "alpah"),  # a typo inside a section
+        ({"features": {"layers": "last_quarter"}}, "last_quarter"),  # an invalid value
+    ],
+)
+def test_unknown_keys_and_bad_values_raise(block, named):
+    with pytest.raises(ValueError, match=named):
+        meds_config_from_trainer_config(OmegaConf.create({"meds": block}))
