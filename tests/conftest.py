@@ -1,0 +1,7 @@
+"""Shared pytest configuration: the project's test markers."""
+
+
+def pytest_configure(config):
+    """Register markers so ``-m "not slow"`` and ``--strict-markers`` work."""
+    config.addinivalue_line("markers", "slow: takes more than about a minute on one CPU thread")
+    config.addinivalue_line("markers", "requires_verl: needs verl installed (skipped otherwise)")
