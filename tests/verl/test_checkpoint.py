@@ -205,11 +205,6 @@ def test_memory_of_another_feature_config_is_refused(tmp_path, saved, current, f
     assert target.num_entries == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_memory's round-trip digest check raises RuntimeError (after loading) when "
-    "ErrorMemory.load_state_dict cuts buffers to a smaller capacity, which ErrorMemory documents as supported",
-)
 def test_capacity_change_is_not_a_feature_mismatch(tmp_path):
     # capacity is not part of the fingerprint: resuming with a smaller buffer keeps the newest entries.
     path = str(tmp_path / "meds_memory.pkl")

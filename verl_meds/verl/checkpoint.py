@@ -81,6 +81,20 @@ def read_memory_state(path: str) -> dict:
     return pickle.loads(_read_record(path)["payload"])
 
 
-def load_memory(memory: ErrorMemory, path: str) -> None:
-    """Restore ``memory`` from ``path`` (see :func:`read_memory_state`; a config mismatch raises ``ValueError``)."""
-    memory.load_state_dict(read_memory_state(path))
+def state_digest(memory: ErrorMemory) -> str:
+    """SHA-256 of the pickled state of ``memory``: equal digests mean bit-identical memories."""
+    return hashlib.sha256(pickle.dumps(memory.state_dict(), protocol=pickle.HIGHEST_PROTOCOL)).hexdigest()
+
+
+def load_memory(memory: ErrorMemory, path: str) -> str:
+    """Restore ``memory`` from ``path``; returns the SHA-256 of the restored state (:func:`state_digest`).
+
+    The digest equals the file's ``sha256`` when the memory came back bit for bit, which is the case unless the
+    current config keeps fewer entries per prompt (``memory.capacity``), where the newest entries are kept.
+
+    Raises:
+        ValueError: see :func:`read_memory_state`; also for a feature-config mismatch (from ``load_state_dict``).
+    """
+    record = _read_record(path)
+    memory.load_state_dict(pickle.loads(record["payload"]))
+    return state_digest(memory)

@@ -236,6 +236,19 @@ class HFRolloutReplica(RolloutReplica):
         return False
 
     async def launch_servers(self) -> None:
+        # A server left by an earlier run in the same Ray cluster would hold the name: end it first.
+        try:
+            stale = ray.get_actor(server_name(self.replica_rank))
+        except ValueError:
+            stale = None
+        if stale is not None:
+            ray.kill(stale)
+            for _ in range(200):
+                try:
+                    ray.get_actor(server_name(self.replica_rank))
+                except ValueError:
+                    break
+                await asyncio.sleep(0.05)
         server = (
             ray.remote(HFRolloutServer)
             .options(name=server_name(self.replica_rank), num_cpus=0, max_concurrency=self.max_concurrency)

@@ -34,11 +34,8 @@ def prepare(config: DictConfig) -> DictConfig:
         env.update(cpu.enable_cpu_mode())
     if env:
         with open_dict(config):
-            ray_init = config.ray_kwargs.setdefault("ray_init", {})
-            runtime_env = ray_init.setdefault("runtime_env", {})
-            env_vars = runtime_env.setdefault("env_vars", {})
             for key, value in env.items():
-                env_vars[key] = value
+                OmegaConf.update(config, f"ray_kwargs.ray_init.runtime_env.env_vars.{key}", value, force_add=True)
     from verl_meds.verl import plugin
 
     plugin.register()
@@ -68,8 +65,91 @@ def run(config: DictConfig) -> None:
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     if not config.trainer.use_v1:
         raise ValueError("verl_meds needs verl's V1 trainer: trainer.use_v1 must be true")
+    _wait_for_free_resources(config)
     logger.info("verl_meds: starting verl (pid %s)", os.getpid())
-    run_ppo(config, task_runner_class=TaskRunnerV1)
+    env_vars = OmegaConf.to_container(config.ray_kwargs.get("ray_init", {}).get("runtime_env", {}).get("env_vars", {}))
+    # When Ray is already running (several runs in one process, as in the tests), ray_init's runtime_env is not
+    # applied; giving it to the task runner as well makes verl's actors (its children) inherit it either way.
+    runner = _OwnedRunner(TaskRunnerV1.options(runtime_env={"env_vars": env_vars}) if env_vars else TaskRunnerV1)
+    placement_groups_before = _placement_group_ids()
+    try:
+        run_ppo(config, task_runner_class=runner)
+    finally:
+        runner.kill()
+        _remove_placement_groups(_placement_group_ids() - placement_groups_before)
+
+
+def _placement_group_ids() -> set[str]:
+    import ray
+
+    if not ray.is_initialized():
+        return set()
+    return {pg_id for pg_id, info in ray.util.placement_group_table().items() if info.get("state") != "REMOVED"}
+
+
+def _remove_placement_groups(pg_ids: set[str]) -> None:
+    """Remove the placement groups a finished run created (Ray keeps them after their creator actor is killed)."""
+    import ray
+    from ray.util.placement_group import PlacementGroup
+
+    for pg_id in pg_ids:
+        ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
+
+
+class _OwnedRunner:
+    """Hands verl's ``run_ppo`` its task-runner actor class and keeps the handle, so the run's actors can be ended.
+
+    verl's task runner owns every actor of the run (workers, rollout servers, TransferQueue). Killing it when
+    ``run_ppo`` returns releases their Ray resources at once, which lets several runs share one Ray cluster.
+    """
+
+    def __init__(self, actor_class) -> None:
+        self._actor_class = actor_class
+        self.handle = None
+
+    def remote(self, *args, **kwargs):
+        self.handle = self._actor_class.remote(*args, **kwargs)
+        return self.handle
+
+    def options(self, **kwargs):
+        return _OwnedRunner(self._actor_class.options(**kwargs))._adopt(self)
+
+    def _adopt(self, parent: _OwnedRunner) -> _OwnedRunner:
+        original = self.remote
+
+        def remote(*args, **kwargs):
+            parent.handle = original(*args, **kwargs)
+            return parent.handle
+
+        self.remote = remote
+        return self
+
+    def kill(self) -> None:
+        import ray
+
+        if self.handle is not None:
+            ray.kill(self.handle)
+            self.handle = None
+
+
+def _wait_for_free_resources(config: DictConfig, timeout_seconds: float = 120.0) -> None:
+    """In a Ray cluster shared by several runs, wait until the previous run's workers have released their GPUs."""
+    import time
+
+    import ray
+
+    if not ray.is_initialized():
+        return
+    needed = config.trainer.n_gpus_per_node * config.trainer.nnodes
+    deadline = time.monotonic() + timeout_seconds
+
+    def free_gpus() -> float:
+        # The same per-node view verl's resource-pool check reads (ray.available_resources() can lag behind it).
+        per_node = ray._private.state.available_resources_per_node()
+        return sum(info.get("GPU", 0.0) for info in per_node.values())
+
+    while free_gpus() < needed and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 @hydra.main(config_path="config", config_name="meds_trainer", version_base=None)

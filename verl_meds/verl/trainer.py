@@ -19,6 +19,7 @@ Nothing of verl's long methods is copied: each override adds its work and calls 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 
@@ -39,6 +40,9 @@ from verl_meds.verl.checkpoint import load_memory, memory_path, save_memory
 from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY, MEDSActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
+
+RESTORE_RECORD = "meds_memory_restored.json"
+"""Written into ``trainer.default_local_dir`` on resume: which memory file was restored, and its SHA-256."""
 
 
 def meds_config_from_trainer_config(config: DictConfig) -> MEDSConfig:
@@ -192,8 +196,11 @@ class MEDSTrainer(PPOTrainerSync):
                 f"MEDS: resuming from {folder} but it has no MEDS memory ({os.path.basename(path)}); the run would "
                 "silently restart MEDS with an empty memory. Resume from a MEDS checkpoint or set meds.enable=false."
             )
-        load_memory(self.meds_memory, path)
+        digest = load_memory(self.meds_memory, path)
         logger.info("MEDS memory restored from %s (%d entries)", path, self.meds_memory.num_entries)
+        record = {"global_step": self.global_steps, "path": path, "sha256": digest, "num_entries": self.meds_memory.num_entries}
+        with open(os.path.join(self.config.trainer.default_local_dir, RESTORE_RECORD), "w", encoding="utf-8") as f:
+            json.dump(record, f)
 
 
 def _accuracy(extra_fields) -> float:
