@@ -93,6 +93,8 @@ def test_meds_trains_penalises_checkpoints_and_resumes_exactly(ray_cluster, asse
         "data.train_max_samples=1",
         "data.train_batch_size=1",
         "actor_rollout_ref.actor.ppo_mini_batch_size=1",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
         "algorithm.filter_groups.enable=false",
         "trainer.save_freq=1",
     ]
