@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Tiny CPU recipe: build the synthetic task and the tiny warm-started model (cached), train with real verl on CPU,
 # then print a summary. Usage:
-#   bash recipes/tiny_cpu/run_tiny_cpu.sh [meds|dapo|grpo] [hydra overrides...]
+#   bash recipes/tiny_cpu/run_tiny_cpu.sh [METHOD] [hydra overrides...]
+# METHOD is a file of recipes/meds/config/method/ (meds_dapo, dapo, grpo, grpo_entropy, meds_grpo, meds_single,
+# meds_all, meds_all_diff, meds_half_diff); `meds` is short for meds_dapo (the paper's main setting).
 # Environment: OUT (output folder, default outputs/tiny_cpu/<method>), CACHE (default .cache/tiny_cpu),
 #              STEPS (training steps, default 20), SEED (data and model seed, default 0).
 set -euo pipefail
@@ -9,12 +11,11 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
 METHOD=${1:-meds}
 shift || true
-case "$METHOD" in
-  meds) CONFIG=tiny_cpu ;;
-  dapo) CONFIG=tiny_cpu_dapo ;;
-  grpo) CONFIG=tiny_cpu_grpo ;;
-  *) echo "unknown method '$METHOD' (expected meds, dapo or grpo)" >&2; exit 2 ;;
-esac
+[ "$METHOD" = meds ] && METHOD=meds_dapo
+if [ ! -f "$ROOT/recipes/meds/config/method/$METHOD.yaml" ]; then
+  echo "unknown method '$METHOD'; expected one of: $(ls "$ROOT/recipes/meds/config/method" | sed 's/.yaml//' | tr '\n' ' ')" >&2
+  exit 2
+fi
 PY=${PY:-$ROOT/.venv/bin/python}
 CACHE=${CACHE:-$ROOT/.cache/tiny_cpu}
 OUT=${OUT:-$ROOT/outputs/tiny_cpu/$METHOD}
@@ -34,7 +35,7 @@ while [ -e "$OUT/metrics.$attempt.jsonl" ]; do attempt=$((attempt + 1)); done
 export VERL_FILE_LOGGER_PATH="$OUT/metrics.$attempt.jsonl"
 
 "$PY" -m verl_meds.verl.main \
-  --config-path "$ROOT/recipes/tiny_cpu/config" --config-name "$CONFIG" \
+  --config-path "$ROOT/recipes/meds/config" --config-name paper setup=tiny_cpu method="$METHOD" \
   data.train_files="$CACHE/data_seed$SEED/train.parquet" \
   data.val_files="$CACHE/data_seed$SEED/test.parquet" \
   actor_rollout_ref.model.path="$CACHE/model_seed$SEED" \

@@ -44,6 +44,8 @@ CPU_ENV_VARS: dict[str, str] = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # TransferQueue's (de)serialisation threads; its default of 8 is capped (with a warning each call) on small hosts.
+    "TQ_NUM_THREADS": "1",
     "RAY_DEDUP_LOGS": "1",
 }
 """Environment set by :func:`enable_cpu_mode`; forwarded to Ray workers through ``ray_init.runtime_env``."""

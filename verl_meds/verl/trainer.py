@@ -36,6 +36,7 @@ from verl_meds.config import MEDSConfig
 from verl_meds.features import finalize_features
 from verl_meds.memory import ErrorMemory
 from verl_meds.shaping import penalty_from_cluster_sizes, shape_rewards
+from verl_meds.verl.entropy_adv import EntropyAdvantageConfig, entropy_advantage
 from verl_meds.verl.checkpoint import load_memory, memory_path, save_memory
 from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY, MEDSActorRolloutRefWorker
 
@@ -94,6 +95,7 @@ class MEDSTrainer(PPOTrainerSync):
         self.meds_memory = ErrorMemory(self.meds_config)
         self.meds_layers = self.meds_config.features.resolve_layers(model_num_layers(config))
         self._meds_step: dict | None = None
+        self.entropy_adv_config = entropy_adv_config_from_trainer_config(config)
 
     # ------------------------------------------------------------------ set-up
     def _init_resource_pool_mgr(self):
@@ -150,6 +152,29 @@ class MEDSTrainer(PPOTrainerSync):
 
     # ------------------------------------------------------------------ 2. shaped rewards -> advantage
     def _compute_advantage(self, batch, metrics: dict):
+        batch = self._compute_shaped_advantage(batch, metrics)
+        if self.entropy_adv_config.enable:
+            batch = self._add_entropy_bonus(batch, metrics)
+        return batch
+
+    def _add_entropy_bonus(self, batch, metrics: dict):
+        """GRPO with entropy advantage (baseline): bonus on verl's per-token advantages, see ``entropy_adv``."""
+        fields = ["advantages", "entropy", "response_mask"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        response_mask = data["response_mask"]
+        padded = data.to_padded_tensor()
+        cfg = self.entropy_adv_config
+        shaped, bonus_metrics = entropy_advantage(
+            padded["advantages"], padded["entropy"], padded["response_mask"], cfg.alpha, cfg.kappa
+        )
+        from verl.workers.utils.padding import response_to_nested
+
+        nested = response_to_nested(shaped, response_mask)
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields({"advantages": nested}, len(batch)))
+        metrics.update(bonus_metrics)
+        return batch
+
+    def _compute_shaped_advantage(self, batch, metrics: dict):
         step, self._meds_step = self._meds_step, None
         if not self.meds_enabled or step is None:
             return super()._compute_advantage(batch, metrics)
@@ -201,6 +226,12 @@ class MEDSTrainer(PPOTrainerSync):
         record = {"global_step": self.global_steps, "path": path, "sha256": digest, "num_entries": self.meds_memory.num_entries}
         with open(os.path.join(self.config.trainer.default_local_dir, RESTORE_RECORD), "w", encoding="utf-8") as f:
             json.dump(record, f)
+
+
+def entropy_adv_config_from_trainer_config(config: DictConfig) -> EntropyAdvantageConfig:
+    """The validated entropy-advantage options of a trainer config's top-level ``entropy_advantage`` block."""
+    block = config.get("entropy_advantage", None)
+    return EntropyAdvantageConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
 
 
 def _accuracy(extra_fields) -> float:
