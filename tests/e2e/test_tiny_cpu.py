@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.requires_verl
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = ROOT / "recipes" / "tiny_cpu" / "config"
+CONFIG_DIR = ROOT / "recipes" / "meds" / "config"
 GSM8K_TRAIN = Path(os.environ.get("VERL_MEDS_SHARED", ROOT.parent / "shared")) / "data" / "gsm8k" / "train.jsonl"
 
 
@@ -47,18 +47,18 @@ def ray_cluster():
     ray.shutdown()
 
 
-def compose(config_name: str, overrides: list[str]):
+def compose(method: str, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return hydra_compose(config_name, overrides=overrides)
+        return hydra_compose("paper", overrides=["setup=tiny_cpu", f"method={method}", *overrides])
 
 
-def train(config_name: str, out: Path, assets: dict[str, Path], steps: int, extra: list[str] = (), attempt: int = 0):
-    """One verl run of ``config_name``; returns the per-step metrics it logged."""
+def train(method: str, out: Path, assets: dict[str, Path], steps: int, extra: list[str] = (), attempt: int = 0):
+    """One verl run of ``method`` on the tiny CPU setup; returns the per-step metrics it logged."""
     from verl_meds.verl.main import run
     from verl_meds.verl.summary import read_metrics
 
@@ -74,7 +74,7 @@ def train(config_name: str, out: Path, assets: dict[str, Path], steps: int, extr
         "trainer.test_freq=-1",
         *extra,
     ]
-    run(compose(config_name, overrides))
+    run(compose(method, overrides))
     return read_metrics(str(out))
 
 
@@ -98,7 +98,7 @@ def test_meds_trains_penalises_checkpoints_and_resumes_exactly(ray_cluster, asse
         "algorithm.filter_groups.enable=false",
         "trainer.save_freq=1",
     ]
-    steps = train("tiny_cpu", out, assets, steps=2, extra=one_problem)
+    steps = train("meds_dapo", out, assets, steps=2, extra=one_problem)
     assert sorted(steps) == [1, 2]
     for step in (1, 2):
         keys = steps[step]
@@ -116,7 +116,7 @@ def test_meds_trains_penalises_checkpoints_and_resumes_exactly(ray_cluster, asse
     assert sum(len(b["features"]) for b in state["buffers"]) == steps[2]["meds/memory/num_entries"]
 
     # Resume: one more step from global_step_2. The memory must come back bit for bit before training continues.
-    resumed = train("tiny_cpu", out, assets, steps=3, extra=one_problem, attempt=1)
+    resumed = train("meds_dapo", out, assets, steps=3, extra=one_problem, attempt=1)
     record = json.loads((out / "checkpoints" / "meds_memory_restored.json").read_text())
     assert record["global_step"] == 2
     assert record["sha256"] == saved["sha256"]
@@ -124,12 +124,42 @@ def test_meds_trains_penalises_checkpoints_and_resumes_exactly(ray_cluster, asse
     assert resumed[3]["meds/memory/num_entries"] >= steps[2]["meds/memory/num_entries"]
 
 
-@pytest.mark.parametrize("config_name", ["tiny_cpu_dapo", "tiny_cpu_grpo"])
-def test_baselines_train_without_meds(ray_cluster, assets, tmp_path, config_name):
-    steps = train(config_name, tmp_path / config_name, assets, steps=2)
+@pytest.mark.parametrize("method", ["dapo", "grpo", "grpo_entropy"])
+def test_baselines_train_without_meds(ray_cluster, assets, tmp_path, method):
+    steps = train(method, tmp_path / method, assets, steps=2)
     assert sorted(steps) == [1, 2]
-    assert not any(k.startswith("meds/") for k in steps[2]), "baselines must not run MEDS"
-    assert "actor/pg_loss" in steps[2] or any(k.startswith("actor/") for k in steps[2])
+    for step in (1, 2):
+        assert not any(k.startswith("meds/") for k in steps[step]), "baselines must not run MEDS"
+        assert "actor/pg_loss" in steps[step]
+        if method == "grpo_entropy":
+            # The bonus is positive on some tokens and bounded by |A| / 2 (so it never flips an advantage's sign).
+            assert steps[step]["entropy_adv/bonus_max"] >= steps[step]["entropy_adv/bonus_mean"] >= 0.0
+        else:
+            assert "entropy_adv/bonus_mean" not in steps[step]
+    if method == "grpo_entropy":
+        assert max(steps[s]["entropy_adv/bonus_max"] for s in (1, 2)) > 0.0
+
+
+# Table 2 variants and MEDS on GRPO: each trains 2 real steps and logs its MEDS metrics.
+VARIANT_FEATURES = {"meds_grpo": 4, "meds_single": 4, "meds_all": 8, "meds_all_diff": 7, "meds_half_diff": 3}
+
+
+@pytest.mark.parametrize("method", sorted(VARIANT_FEATURES))
+def test_meds_variants_train(ray_cluster, assets, tmp_path, method):
+    from verl_meds.verl.checkpoint import read_memory_state
+
+    out = tmp_path / method
+    steps = train(method, out, assets, steps=2, extra=["trainer.save_freq=2"])
+    assert sorted(steps) == [1, 2]
+    for step in (1, 2):
+        for name in ("meds/penalty/mean", "meds/frac_penalized", "meds/memory/num_entries", "meds/cluster_size/max"):
+            assert name in steps[step], f"{name} missing at step {step}"
+    state = read_memory_state(str(out / "checkpoints" / "global_step_2" / "meds_memory.pkl"))
+    widths = {b["features"].shape[1] for b in state["buffers"] if len(b["features"])}
+    assert widths == {VARIANT_FEATURES[method]}, f"feature width {widths} for {method}"
+    if method == "meds_single":
+        # One cluster per prompt: every stored wrong response counts, so |C| reaches the group's wrong count.
+        assert steps[2]["meds/clusters/per_prompt_mean"] <= 1.0
 
 
 def test_meds_on_gsm8k(ray_cluster, assets, tmp_path):
@@ -142,7 +172,7 @@ def test_meds_on_gsm8k(ray_cluster, assets, tmp_path):
     convert_file(GSM8K_TRAIN, parquet, limit=64)
     gsm = dict(assets, train=parquet, val=parquet)
     steps = train(
-        "tiny_cpu",
+        "meds_dapo",
         tmp_path / "gsm8k",
         gsm,
         steps=2,
