@@ -107,3 +107,22 @@ def test_enable_false_is_kept():
 def test_unknown_keys_and_bad_values_raise(block, named):
     with pytest.raises(ValueError, match=named):
         meds_config_from_trainer_config(OmegaConf.create({"meds": block}))
+
+
+def test_canonical_order_ignores_batch_permutation():
+    """verl's batch balancing permutes rows; the memory must see them in the same order anyway."""
+    import numpy as np
+
+    from verl_meds.verl.trainer import canonical_order
+
+    keys = [f"uid{g}_{s}_0" for g in ("a", "b", "c") for s in range(4)]
+    prompts = [f"p{g}" for g in ("2", "0", "1") for _ in range(4)]
+    base = [(prompts[r], keys[r]) for r in canonical_order(prompts, keys)]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        perm = rng.permutation(len(keys))
+        p2, k2 = [prompts[i] for i in perm], [keys[i] for i in perm]
+        assert [(p2[r], k2[r]) for r in canonical_order(p2, k2)] == base
+    # Rollout index 10 sorts after 9 (numeric, not string order), and prompts come in id order.
+    keys = ["u_10_0", "u_9_0", "u_0_0"]
+    assert list(canonical_order(["p", "p", "p"], keys)) == [2, 1, 0]

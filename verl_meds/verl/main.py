@@ -49,7 +49,13 @@ def prepare(config: DictConfig) -> DictConfig:
             )
     from verl_meds.verl.trainer import meds_config_from_trainer_config
 
-    meds_config_from_trainer_config(config)  # validates; raises ValueError naming the bad field
+    meds = meds_config_from_trainer_config(config)  # validates; raises ValueError naming the bad field
+    model_path = os.path.expanduser(str(config.actor_rollout_ref.model.path))
+    if meds.enable and os.path.isdir(model_path):
+        # Layer numbers that the model does not have fail here, before Ray starts (hub ids are checked at start-up).
+        from verl_meds.verl.trainer import model_num_layers
+
+        meds.features.resolve_layers(model_num_layers(config))
     return config
 
 

@@ -84,6 +84,27 @@ def stable_prompt_ids(extra_infos: list, prompts: list[torch.Tensor], prompt_key
     return ids
 
 
+def canonical_order(prompt_ids: list[str], keys: list[str]) -> np.ndarray:
+    """Row order by (prompt id, rollout index): the same whatever order or worker split verl gave the batch.
+
+    Args:
+        prompt_ids (`list[str]` of length N): stable prompt id of each row.
+        keys (`list[str]` of length N): verl's TransferQueue keys, ``"{uid}_{session_id}_{index}"``, where
+            ``session_id`` is the rollout's index within its group.
+
+    Returns:
+        `np.ndarray` of shape `(N,)`, int64: row indices in canonical order.
+    """
+
+    def rollout_index(key: str) -> tuple:
+        parts = str(key).rsplit("_", 2)
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            return (int(parts[1]), int(parts[2]))
+        return (str(key),)
+
+    return np.array(sorted(range(len(keys)), key=lambda r: (prompt_ids[r], rollout_index(keys[r]))), dtype=np.int64)
+
+
 @register_trainer("meds")
 class MEDSTrainer(PPOTrainerSync):
     """verl ``PPOTrainerSync`` + MEDS reward shaping (see the module docstring for what each override adds)."""
@@ -142,7 +163,14 @@ class MEDSTrainer(PPOTrainerSync):
         extra_infos = list(data["extra_info"]) if "extra_info" in data.keys() else [None] * len(prompts)
         prompt_ids = stable_prompt_ids(extra_infos, prompts, self.meds_config.memory.prompt_key)
         correct = np.array([_accuracy(f) for f in data["extra_fields"]], dtype=bool)
-        sizes, memory_metrics = self.meds_memory.step(prompt_ids, features.astype(np.float32), valid, correct)
+        # verl reorders the batch to balance workers; visiting rows in a fixed order (prompt id, then rollout index)
+        # makes the memory, and so every penalty, independent of that order and of the number of workers.
+        order = canonical_order(prompt_ids, list(batch.keys))
+        sorted_sizes, memory_metrics = self.meds_memory.step(
+            [prompt_ids[r] for r in order], features[order].astype(np.float32), valid[order], correct[order]
+        )
+        sizes = np.empty_like(sorted_sizes)
+        sizes[order] = sorted_sizes
         shaping = self.meds_config.shaping
         penalties = penalty_from_cluster_sizes(torch.as_tensor(sizes), shaping.alpha, shaping.beta)  # (N,)
         self._meds_step = {"keys": list(batch.keys), "penalties": penalties, "correct": torch.as_tensor(correct)}
