@@ -141,7 +141,14 @@ def test_baselines_train_without_meds(ray_cluster, assets, tmp_path, method):
 
 
 # Table 2 variants and MEDS on GRPO: each trains 2 real steps and logs its MEDS metrics.
-VARIANT_FEATURES = {"meds_grpo": 4, "meds_single": 4, "meds_all": 8, "meds_all_diff": 7, "meds_half_diff": 3}
+VARIANT_FEATURES = {
+    "meds_grpo": 4,
+    "meds_single": 4,
+    "meds_all": 8,
+    "meds_all_diff": 7,
+    "meds_half_diff": 3,
+    "meds_dapo_shaped_ds": 4,
+}
 
 
 @pytest.mark.parametrize("method", sorted(VARIANT_FEATURES))
@@ -157,6 +164,10 @@ def test_meds_variants_train(ray_cluster, assets, tmp_path, method):
     state = read_memory_state(str(out / "checkpoints" / "global_step_2" / "meds_memory.pkl"))
     widths = {b["features"].shape[1] for b in state["buffers"] if len(b["features"])}
     assert widths == {VARIANT_FEATURES[method]}, f"feature width {widths} for {method}"
+    if method == "meds_dapo_shaped_ds":
+        # No accuracy filter at sampling time; after shaping, flat groups leave the loss.
+        assert all(0.0 < steps[s]["meds/dynamic_sampling/kept_frac"] <= 1.0 for s in (1, 2))
+        assert not any("filter_groups/evicted" in k for k in steps[2])
     if method == "meds_single":
         # One cluster per prompt: every stored wrong response counts, so |C| reaches the group's wrong count.
         assert steps[2]["meds/clusters/per_prompt_mean"] <= 1.0

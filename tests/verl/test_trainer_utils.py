@@ -126,3 +126,15 @@ def test_canonical_order_ignores_batch_permutation():
     # Rollout index 10 sorts after 9 (numeric, not string order), and prompts come in id order.
     keys = ["u_10_0", "u_9_0", "u_0_0"]
     assert list(canonical_order(["p", "p", "p"], keys)) == [2, 1, 0]
+
+
+def test_groups_with_signal_keeps_groups_with_shaped_spread():
+    import torch
+
+    from verl_meds.verl.trainer import groups_with_signal
+
+    # g1: all wrong, equal penalties (flat); g2: all wrong, different cluster sizes (signal); g3: mixed; g4: singleton
+    shaped = torch.tensor([-1.1, -1.1, -1.0, -1.16, 1.0, -1.0, 0.5])
+    groups = ["g1", "g1", "g2", "g2", "g3", "g3", "g4"]
+    assert groups_with_signal(shaped, groups).tolist() == [False, False, True, True, True, True, False]
+    assert groups_with_signal(torch.zeros(0), []).tolist() == []

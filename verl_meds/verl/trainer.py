@@ -42,6 +42,9 @@ from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY, 
 
 logger = logging.getLogger(__name__)
 
+SHAPED_FILTER_METRIC = "meds_shaped"
+"""``algorithm.filter_groups.metric`` value for dynamic sampling on the MEDS-shaped reward (see ``_drop_flat_groups``)."""
+
 RESTORE_RECORD = "meds_memory_restored.json"
 """Written into ``trainer.default_local_dir`` on resume: which memory file was restored, and its SHA-256."""
 
@@ -82,6 +85,28 @@ def stable_prompt_ids(extra_infos: list, prompts: list[torch.Tensor], prompt_key
         else:
             ids.append(str(value))
     return ids
+
+
+def groups_with_signal(shaped: torch.Tensor, group_ids: list, atol: float = 1e-9) -> torch.Tensor:
+    """Which rows belong to a group whose shaped rewards are not all equal.
+
+    Args:
+        shaped (`torch.Tensor` of shape `(N,)`, float): shaped rewards.
+        group_ids (`list` of length N): group of each row (verl's per-step ``uid``).
+        atol (`float`, *optional*, defaults to `1e-9`): spread at or below which a group counts as flat.
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`, bool. Singleton groups are flat (no within-group signal).
+    """
+    keep = torch.zeros(len(group_ids), dtype=torch.bool)
+    rows_of: dict = {}
+    for row, gid in enumerate(group_ids):
+        rows_of.setdefault(gid, []).append(row)
+    for rows in rows_of.values():
+        values = shaped[rows]
+        if len(rows) > 1 and float(values.max() - values.min()) > atol:
+            keep[rows] = True
+    return keep
 
 
 def canonical_order(prompt_ids: list[str], keys: list[str]) -> np.ndarray:
@@ -224,7 +249,45 @@ class MEDSTrainer(PPOTrainerSync):
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields({"rm_scores": nested}, len(batch)))
         metrics.update(shaping_metrics)
         metrics["meds/penalty/count"] = float((step["penalties"] > 0).sum())
+        if self._filter_on_shaped:
+            self._drop_flat_groups(batch, shaped, metrics)
         return super()._compute_advantage(batch, metrics)
+
+    # ------------------------------------------------------------------ dynamic sampling on the shaped reward
+    def _resolve_filter_groups_metric(self):
+        # Called by verl while building the replay buffer (inside PPOTrainer.__init__).
+        filter_groups = self.config.algorithm.get("filter_groups", None)
+        on_shaped = bool(filter_groups and filter_groups.get("enable", False))
+        on_shaped = on_shaped and filter_groups.get("metric", None) == SHAPED_FILTER_METRIC
+        self._filter_on_shaped = on_shaped
+        if not on_shaped:
+            return super()._resolve_filter_groups_metric()
+        if not self.config.get("meds", {}).get("enable", True):
+            raise ValueError(f"algorithm.filter_groups.metric={SHAPED_FILTER_METRIC} needs meds.enable=true")
+        return None  # no filtering at sampling time: the shaped reward exists only after old_log_prob
+
+    def _drop_flat_groups(self, batch, shaped: torch.Tensor, metrics: dict) -> None:
+        """Dynamic sampling on the shaped reward: groups whose shaped rewards are all equal leave the loss.
+
+        verl's dynamic sampling filters on accuracy when rollouts finish, so an all-wrong group never reaches MEDS.
+        Here every group is trained unless its *shaped* rewards have zero variance: an all-wrong group whose errors
+        fall in clusters of different sizes keeps a learning signal. Dropped groups are masked out of the policy
+        loss (``response_mask`` and ``loss_mask`` set to 0); unlike verl's sampling-time filter they are not
+        replaced by new prompts. If every group would be dropped, none is (the step then has zero advantages).
+        """
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "response_mask", "loss_mask"]
+        )
+        keep = groups_with_signal(shaped, list(data["uid"]))  # (N,)
+        kept_frac = float(keep.float().mean()) if keep.numel() else 1.0
+        metrics["meds/dynamic_sampling/kept_frac"] = kept_frac if bool(keep.any()) else 1.0
+        if bool(keep.all()) or not bool(keep.any()):
+            return
+        masks = {}
+        for name in ("response_mask", "loss_mask"):
+            rows = [row * int(k) for row, k in zip(data[name].unbind(), keep.tolist())]
+            masks[name] = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields(masks, len(batch)))
 
     # ------------------------------------------------------------------ 3. checkpoints
     def _save_checkpoint(self):
