@@ -6,9 +6,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from verl_meds.features import (
     LogitLensCapture,
+    finalize_features,
     find_decoder_layers,
     find_final_norm,
-    finalize_features,
     logit_lens_from_hidden_states,
 )
 

@@ -102,7 +102,12 @@ def test_meds_trains_penalises_checkpoints_and_resumes_exactly(ray_cluster, asse
     assert sorted(steps) == [1, 2]
     for step in (1, 2):
         keys = steps[step]
-        for name in ("meds/penalty/mean", "meds/frac_penalized", "meds/memory/num_entries", "meds/features/missing_frac"):
+        for name in (
+            "meds/penalty/mean",
+            "meds/frac_penalized",
+            "meds/memory/num_entries",
+            "meds/features/missing_frac",
+        ):
             assert name in keys, f"{name} not logged at step {step}"
     assert steps[1]["meds/features/missing_frac"] < 1.0, "no feature was captured"
     # Step 2 sees the wrong answers of step 1 for the same prompt: repeated errors are penalised.

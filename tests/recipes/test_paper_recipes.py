@@ -27,15 +27,28 @@ def compose(setup: str, method: str):
     GlobalHydra.instance().clear()
     overrides = [f"setup={setup}", f"method={method}"]
     if setup == "tiny_cpu":
-        overrides += ["data.train_files=train.parquet", "data.val_files=test.parquet", "actor_rollout_ref.model.path=m"]
+        overrides += [
+            "data.train_files=train.parquet",
+            "data.val_files=test.parquet",
+            "actor_rollout_ref.model.path=m",
+        ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return hydra_compose("paper", overrides=overrides)
 
 
 def test_every_setup_and_method_is_listed():
     assert set(SETUPS) == set(DEPTH)
-    assert {"grpo", "dapo", "grpo_entropy", "meds_dapo", "meds_grpo", "meds_single", "meds_all", "meds_all_diff",
-            "meds_half_diff"} <= set(METHODS)
+    assert {
+        "grpo",
+        "dapo",
+        "grpo_entropy",
+        "meds_dapo",
+        "meds_grpo",
+        "meds_single",
+        "meds_all",
+        "meds_all_diff",
+        "meds_half_diff",
+    } <= set(METHODS)
 
 
 @pytest.mark.parametrize("setup", SETUPS)

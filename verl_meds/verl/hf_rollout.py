@@ -24,7 +24,6 @@ from typing import Any
 
 import ray
 import torch
-
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
@@ -69,7 +68,9 @@ class HFRolloutServer:
         self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
         self.model.eval()
         self.eos_token_id = self.tokenizer.eos_token_id
-        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
+        self.pad_token_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
+        )
         self.max_batch_size = max(1, int(getattr(config, "max_num_seqs", 64) or 64))
         self.global_steps: int | None = None
         self.generator = torch.Generator().manual_seed(int(getattr(config, "seed", 0) or 0) + replica_rank)
@@ -128,7 +129,7 @@ class HFRolloutServer:
                     if not req.future.done():
                         req.future.set_exception(exc)
                 continue
-            for req, result in zip(batch, results):
+            for req, result in zip(batch, results, strict=True):
                 if not req.future.done():
                     req.future.set_result(result)
             await asyncio.sleep(0)
@@ -143,14 +144,14 @@ class HFRolloutServer:
             input_ids[i, width - len(req.prompt_ids) :] = torch.tensor(req.prompt_ids)
             attention_mask[i, width - len(req.prompt_ids) :] = 1
         do_sample = temperature > 0
-        gen_kwargs: dict[str, Any] = dict(
-            max_new_tokens=max(r.max_new_tokens for r in batch),
-            do_sample=do_sample,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=self.eos_token_id,
-            return_dict_in_generate=True,
-            output_scores=want_logprobs,
-        )
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": max(r.max_new_tokens for r in batch),
+            "do_sample": do_sample,
+            "pad_token_id": self.pad_token_id,
+            "eos_token_id": self.eos_token_id,
+            "return_dict_in_generate": True,
+            "output_scores": want_logprobs,
+        }
         if do_sample:
             gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else 0)
         if repetition_penalty != 1.0:

@@ -78,7 +78,9 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     return {"score": 1.0 if correct else -1.0, "acc": float(correct), "pred": pred}
 
 
-def compute_score_acc(data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs) -> dict:
+def compute_score_acc(
+    data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs
+) -> dict:
     """Accuracy score: ``{"score": 1 or 0, "acc": 1.0 or 0.0, "pred": str}`` (verl reward-function signature)."""
     correct, pred = _grade(solution_str, ground_truth)
     return {"score": float(correct), "acc": float(correct), "pred": pred}

@@ -36,14 +36,14 @@ from verl_meds.config import MEDSConfig
 from verl_meds.features import finalize_features
 from verl_meds.memory import ErrorMemory
 from verl_meds.shaping import penalty_from_cluster_sizes, shape_rewards
-from verl_meds.verl.entropy_adv import EntropyAdvantageConfig, entropy_advantage
 from verl_meds.verl.checkpoint import load_memory, memory_path, save_memory
+from verl_meds.verl.entropy_adv import EntropyAdvantageConfig, entropy_advantage
 from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY, MEDSActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
 
 SHAPED_FILTER_METRIC = "meds_shaped"
-"""``algorithm.filter_groups.metric`` value for dynamic sampling on the MEDS-shaped reward (see ``_drop_flat_groups``)."""
+"""``algorithm.filter_groups.metric`` value: dynamic sampling on the MEDS-shaped reward (``_drop_flat_groups``)."""
 
 RESTORE_RECORD = "meds_memory_restored.json"
 """Written into ``trainer.default_local_dir`` on resume: which memory file was restored, and its SHA-256."""
@@ -65,7 +65,9 @@ def model_num_layers(config: DictConfig) -> int:
     from verl.utils.fs import copy_to_local
 
     path = copy_to_local(config.actor_rollout_ref.model.path)
-    hf_config = AutoConfig.from_pretrained(path, trust_remote_code=config.actor_rollout_ref.model.get("trust_remote_code", False))
+    hf_config = AutoConfig.from_pretrained(
+        path, trust_remote_code=config.actor_rollout_ref.model.get("trust_remote_code", False)
+    )
     hf_config = getattr(hf_config, "text_config", hf_config)
     return int(hf_config.num_hidden_layers)
 
@@ -77,7 +79,7 @@ def stable_prompt_ids(extra_infos: list, prompts: list[torch.Tensor], prompt_key
     same prompt in every step (verl's ``uid`` is not: it is a new uuid4 per batch).
     """
     ids = []
-    for info, prompt in zip(extra_infos, prompts):
+    for info, prompt in zip(extra_infos, prompts, strict=True):
         value = info.get(prompt_key) if isinstance(info, dict) else None
         if value is None:
             digest = hashlib.sha1(prompt.to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()
@@ -174,7 +176,11 @@ class MEDSTrainer(PPOTrainerSync):
             fields=tq_fields({PRED_POS_KEY: pred_pos, ANSWER_TOKEN_KEY: answer_token}, len(batch)),
         )
         batch.extra_info.update(
-            {"meds_capture": True, "meds_layers": list(self.meds_layers), "meds_final_norm": self.meds_config.features.final_norm}
+            {
+                "meds_capture": True,
+                "meds_layers": list(self.meds_layers),
+                "meds_final_norm": self.meds_config.features.final_norm,
+            }
         )
         try:
             batch = super()._compute_old_log_prob(batch, metrics)
@@ -223,7 +229,9 @@ class MEDSTrainer(PPOTrainerSync):
         from verl.workers.utils.padding import response_to_nested
 
         nested = response_to_nested(shaped, response_mask)
-        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields({"advantages": nested}, len(batch)))
+        tq.kv_batch_put(
+            keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields({"advantages": nested}, len(batch))
+        )
         metrics.update(bonus_metrics)
         return batch
 
@@ -240,13 +248,15 @@ class MEDSTrainer(PPOTrainerSync):
             rewards, step["correct"], step["penalties"], self.meds_config.shaping.penalty_target
         )
         shaped_scores = []
-        for score, old, new in zip(scores, rewards, shaped):
+        for score, old, new in zip(scores, rewards, shaped, strict=True):
             score = score.clone().float()
             if score.numel():
                 score[-1] += new - old  # verl puts the outcome reward on the last response token
             shaped_scores.append(score)
         nested = torch.nested.as_nested_tensor(shaped_scores, layout=torch.jagged)
-        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields({"rm_scores": nested}, len(batch)))
+        tq.kv_batch_put(
+            keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields({"rm_scores": nested}, len(batch))
+        )
         metrics.update(shaping_metrics)
         metrics["meds/penalty/count"] = float((step["penalties"] > 0).sum())
         if self._filter_on_shaped:
@@ -285,7 +295,7 @@ class MEDSTrainer(PPOTrainerSync):
             return
         masks = {}
         for name in ("response_mask", "loss_mask"):
-            rows = [row * int(k) for row, k in zip(data[name].unbind(), keep.tolist())]
+            rows = [row * int(k) for row, k in zip(data[name].unbind(), keep.tolist(), strict=True)]
             masks[name] = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields(masks, len(batch)))
 
@@ -314,7 +324,12 @@ class MEDSTrainer(PPOTrainerSync):
             )
         digest = load_memory(self.meds_memory, path)
         logger.info("MEDS memory restored from %s (%d entries)", path, self.meds_memory.num_entries)
-        record = {"global_step": self.global_steps, "path": path, "sha256": digest, "num_entries": self.meds_memory.num_entries}
+        record = {
+            "global_step": self.global_steps,
+            "path": path,
+            "sha256": digest,
+            "num_entries": self.meds_memory.num_entries,
+        }
         with open(os.path.join(self.config.trainer.default_local_dir, RESTORE_RECORD), "w", encoding="utf-8") as f:
             json.dump(record, f)
 
