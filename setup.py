@@ -34,5 +34,8 @@ setup(
         "test": ["pytest", "hypothesis"],
         "vllm": ["vllm"],
     },
-    entry_points={"verl.plugins": ["meds = verl_meds.verl.autoload"]},
+    entry_points={
+        "verl.plugins": ["meds = verl_meds.verl.autoload"],
+        "console_scripts": ["verl-meds-eval = verl_meds.eval.run:main"],
+    },
 )

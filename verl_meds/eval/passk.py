@@ -7,8 +7,9 @@ $$
 \text{pass@}k = 1 - \binom{n - c}{k} \Big/ \binom{n}{k} = 1 - \prod_{i=0}^{k-1} \frac{n - c - i}{n - i}.
 $$
 
-The product is evaluated as a sum of `log1p(-c / (n - i))` terms, so nothing overflows (C(1000, 500) has 300 digits)
-and the result is exact at the ends: 0 when c = 0, 1 when n - c < k (every size-k subset holds a correct sample).
+The product is a running product of the ratios (n - c - i) / (n - i), each in [0, 1], so nothing overflows
+(C(1000, 500) has 300 digits; the binomials are never formed), an underflow can only round the failure probability
+to 0, and the result is exact at the ends: 0 when c = 0, 1 when n - c < k (every size-k subset holds a correct sample).
 k > n is an error, never a silent 1.0. This is the estimator the paper reports; it is not nanochat's "any correct
 among the first k samples" nor verl's bootstrapped `best@N`.
 
@@ -92,8 +93,8 @@ def pass_at_k(num_samples, num_correct, k: int | Sequence[int]) -> np.ndarray:
     r"""
     Unbiased pass@k of each problem, vectorised over problems (and over several k at once).
 
-    Computes $1 - \exp\bigl(\sum_{i=0}^{k-1} \log(1 - c / (n - i))\bigr)$: one cumulative sum over i gives every k
-    up to the largest requested one, so a whole pass@k curve (k = 1..n) costs one `(P, max k)` array.
+    Computes $1 - \prod_{i=0}^{k-1} (n - c - i) / (n - i)$: one cumulative product over i gives every k up to the
+    largest requested one, so a whole pass@k curve (k = 1..n) costs one `(P, max k)` array.
 
     Args:
         num_samples (`int` or array-like of shape `(P,)`):
@@ -115,13 +116,10 @@ def pass_at_k(num_samples, num_correct, k: int | Sequence[int]) -> np.ndarray:
     ks = _check_ks(k, n)
     k_max = int(ks.max())
     steps = np.arange(k_max, dtype=np.float64)  # (k_max,)
-    remaining = n[:, None].astype(np.float64) - steps[None, :]  # (P, k_max): n - i, >= 1 since k <= n
-    ratio = c[:, None] / remaining  # (P, k_max): chance the i-th draw is correct given i wrong draws before it
-    with np.errstate(divide="ignore"):
-        log_terms = np.where(ratio >= 1.0, -np.inf, np.log1p(-np.minimum(ratio, 1.0)))  # (P, k_max)
-    log_fail = np.cumsum(log_terms, axis=1)  # (P, k_max): log C(n-c, k) / C(n, k) for k = 1..k_max
-    values = -np.expm1(log_fail[:, ks - 1])  # (P, len(ks))
-    values[c == 0] = 0.0
+    total = n[:, None].astype(np.float64) - steps[None, :]  # (P, k_max): n - i, >= 1 since k <= n
+    wrong = np.maximum(total - c[:, None], 0.0)  # (P, k_max): n - c - i, 0 once the wrong samples run out
+    fail = np.cumprod(wrong / total, axis=1)  # (P, k_max): C(n-c, k) / C(n, k) for k = 1..k_max
+    values = 1.0 - fail[:, ks - 1]  # (P, len(ks))
     return values[:, 0] if np.ndim(k) == 0 else values
 
 

@@ -61,7 +61,8 @@ class SampleStore:
             `dict[tuple[str, int], dict]`: `(problem_id, sample_index)` -> the sample line, in file order.
 
         Raises:
-            ValueError: if a complete line is not a JSON object with the `REQUIRED_FIELDS` (the message gives the line).
+            ValueError: if a complete line is not a JSON object with the `REQUIRED_FIELDS` (the message gives the
+                line).
         """
         if not self.path.exists():
             return {}
