@@ -44,7 +44,8 @@ def _value(record: Mapping[str, Any], key: str) -> float:
     return float("nan") if value is None else float(value)
 
 
-def plot_step_metrics(runs: Runs, panels: Sequence[tuple[str, str]], title: str | None = None):
+def plot_step_metrics(runs: Runs, panels: Sequence[tuple[str, str]], title: str | None = None,
+                      unit_interval: bool = True):
     """
     One panel per metric, x = training step, one line per run.
 
@@ -52,6 +53,8 @@ def plot_step_metrics(runs: Runs, panels: Sequence[tuple[str, str]], title: str 
         runs (`Mapping[str, Sequence[Mapping]]` or `Sequence[Mapping]`): step records per run.
         panels (`Sequence[tuple[str, str]]`): (metric key, y-axis label) per panel.
         title (`str`, *optional*): figure title.
+        unit_interval (`bool`, *optional*, defaults to `True`): fix the y axis to [0, 1] (every metric of
+            `PANELS` is a fraction), so small changes are not blown up by autoscaling.
 
     Returns:
         `matplotlib.figure.Figure`.
@@ -67,6 +70,8 @@ def plot_step_metrics(runs: Runs, panels: Sequence[tuple[str, str]], title: str 
             ax.plot(steps, [_value(r, key) for r in records], marker="o", markersize=3, label=name)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
+        if unit_interval:
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize="small")
     if title:
