@@ -97,6 +97,7 @@ def test_meds_trains_penalises_checkpoints_and_resumes_exactly(ray_cluster, asse
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
         "algorithm.filter_groups.enable=false",
         "trainer.save_freq=1",
+        "meds_dump.enable=true",
     ]
     steps = train("meds_dapo", out, assets, steps=2, extra=one_problem)
     assert sorted(steps) == [1, 2]
@@ -119,6 +120,16 @@ def test_meds_trains_penalises_checkpoints_and_resumes_exactly(ray_cluster, asse
     saved = memory_record(memory_file)
     state = read_memory_state(str(memory_file))
     assert sum(len(b["features"]) for b in state["buffers"]) == steps[2]["meds/memory/num_entries"]
+
+    # The analysis dump: one record per rollout per step, and an offline replay gives the same cluster sizes.
+    from verl_meds.analysis.records import assign_clusters, load_records
+
+    records = load_records(out / "checkpoints" / "analysis.jsonl")
+    assert [sum(r["step"] == s for r in records) for s in (1, 2)] == [8, 8]
+    replayed = assign_clusters([dict(r, cluster_size=None) for r in records], overwrite=True)
+    for dumped, again in zip(records, replayed, strict=True):
+        if not dumped["correct"] and dumped["features"] is not None:
+            assert again["cluster_size"] == dumped["cluster_size"]
 
     # Resume: one more step from global_step_2. The memory must come back bit for bit before training continues.
     resumed = train("meds_dapo", out, assets, steps=3, extra=one_problem, attempt=1)

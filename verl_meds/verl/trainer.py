@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 
 import numpy as np
 import ray
@@ -37,6 +38,7 @@ from verl_meds.features import finalize_features
 from verl_meds.memory import ErrorMemory
 from verl_meds.shaping import penalty_from_cluster_sizes, shape_rewards
 from verl_meds.verl.checkpoint import load_memory, memory_path, save_memory
+from verl_meds.verl.dump import AnalysisDump, DumpConfig
 from verl_meds.verl.entropy_adv import EntropyAdvantageConfig, entropy_advantage
 from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY, MEDSActorRolloutRefWorker
 
@@ -111,6 +113,15 @@ def groups_with_signal(shaped: torch.Tensor, group_ids: list, atol: float = 1e-9
     return keep
 
 
+def rollout_index(key: str) -> tuple:
+    """``(session_id, index)`` parsed from verl's TransferQueue key ``"{uid}_{session_id}_{index}"``;
+    ``(key,)`` when the key has another form."""
+    parts = str(key).rsplit("_", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        return (int(parts[1]), int(parts[2]))
+    return (str(key),)
+
+
 def canonical_order(prompt_ids: list[str], keys: list[str]) -> np.ndarray:
     """Row order by (prompt id, rollout index): the same whatever order or worker split verl gave the batch.
 
@@ -122,12 +133,6 @@ def canonical_order(prompt_ids: list[str], keys: list[str]) -> np.ndarray:
     Returns:
         `np.ndarray` of shape `(N,)`, int64: row indices in canonical order.
     """
-
-    def rollout_index(key: str) -> tuple:
-        parts = str(key).rsplit("_", 2)
-        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-            return (int(parts[1]), int(parts[2]))
-        return (str(key),)
 
     return np.array(sorted(range(len(keys)), key=lambda r: (prompt_ids[r], rollout_index(keys[r]))), dtype=np.int64)
 
@@ -144,6 +149,11 @@ class MEDSTrainer(PPOTrainerSync):
         self.meds_layers = self.meds_config.features.resolve_layers(model_num_layers(config))
         self._meds_step: dict | None = None
         self.entropy_adv_config = entropy_adv_config_from_trainer_config(config)
+        block = config.get("meds_dump", None)
+        self.dump_config = DumpConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block else None)
+        self.dump = None
+        if self.meds_enabled and self.dump_config.enable:
+            self.dump = AnalysisDump(os.path.join(config.trainer.default_local_dir, self.dump_config.filename))
 
     # ------------------------------------------------------------------ set-up
     def _init_resource_pool_mgr(self):
@@ -155,9 +165,20 @@ class MEDSTrainer(PPOTrainerSync):
                 self.role_worker_mapping[role] = ray.remote(MEDSActorRolloutRefWorker)
 
     # ------------------------------------------------------------------ 1. features, memory, penalties
+    def _meds_lap(self, name: str, start: float) -> float:
+        """Add the seconds since ``start`` to this step's ``timing_s/meds_<name>`` (verl's timing metrics); returns
+        ``time.perf_counter()``. Stages: ``prepare`` (answer positions, before the log-prob call), ``features``
+        (reading them back), ``memory`` (memory update, clustering, penalties), ``shaping`` (shaped rewards)."""
+        now = time.perf_counter()
+        timing_raw = getattr(self, "timing_raw", None)
+        if timing_raw is not None:
+            timing_raw[f"meds_{name}"] = timing_raw.get(f"meds_{name}", 0.0) + now - start
+        return now
+
     def _compute_old_log_prob(self, batch, metrics: dict):
         if not self.meds_enabled:
             return super()._compute_old_log_prob(batch, metrics)
+        lap = time.perf_counter()
         fields = ["prompts", "responses", "response_mask", "extra_info", "extra_fields"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         prompts = list(data["prompts"].unbind())
@@ -182,14 +203,17 @@ class MEDSTrainer(PPOTrainerSync):
                 "meds_final_norm": self.meds_config.features.final_norm,
             }
         )
+        self._meds_lap("prepare", lap)
         try:
             batch = super()._compute_old_log_prob(batch, metrics)
         finally:
             batch.extra_info["meds_capture"] = False
+        lap = time.perf_counter()
         out = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[FEATURES_KEY])
         raw = out[FEATURES_KEY].to_padded_tensor(padding=float("nan"))  # (N, L_sel)
         features = finalize_features(raw, self.meds_config.features.diff).numpy()  # (N, F)
         valid = has_answer.numpy() & np.isfinite(features).all(axis=1)
+        lap = self._meds_lap("features", lap)
 
         extra_infos = list(data["extra_info"]) if "extra_info" in data.keys() else [None] * len(prompts)
         prompt_ids = stable_prompt_ids(extra_infos, prompts, self.meds_config.memory.prompt_key)
@@ -204,6 +228,25 @@ class MEDSTrainer(PPOTrainerSync):
         sizes[order] = sorted_sizes
         shaping = self.meds_config.shaping
         penalties = penalty_from_cluster_sizes(torch.as_tensor(sizes), shaping.alpha, shaping.beta)  # (N,)
+        self._meds_lap("memory", lap)
+        if self.dump is not None:
+            infos = [f.get("reward_extra_info", {}) if isinstance(f, dict) else {} for f in data["extra_fields"]]
+            texts = None
+            if self.dump_config.responses:
+                texts = [self.tokenizer.decode(r[m.bool()]) for r, m in zip(responses, response_mask, strict=True)]
+            self.dump.write_step(
+                self.global_steps,
+                order,
+                prompt_ids,
+                [rollout_index(k)[0] if isinstance(rollout_index(k)[0], int) else -1 for k in batch.keys],
+                correct,
+                [str(i.get("pred") or "") for i in infos],
+                features,
+                valid,
+                sizes,
+                penalties.numpy(),
+                texts,
+            )
         self._meds_step = {"keys": list(batch.keys), "penalties": penalties, "correct": torch.as_tensor(correct)}
         metrics.update(memory_metrics)
         metrics["meds/features/answer_found_frac"] = float(has_answer.float().mean()) if len(prompts) else 0.0
@@ -241,6 +284,7 @@ class MEDSTrainer(PPOTrainerSync):
             return super()._compute_advantage(batch, metrics)
         if step["keys"] != list(batch.keys):
             raise RuntimeError("MEDS: the batch changed between old_log_prob and advantage; penalties would misalign")
+        lap = time.perf_counter()
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores"])
         scores = list(data["rm_scores"].unbind())
         rewards = torch.stack([s.sum() for s in scores]).float()  # (N,)
@@ -261,6 +305,7 @@ class MEDSTrainer(PPOTrainerSync):
         metrics["meds/penalty/count"] = float((step["penalties"] > 0).sum())
         if self._filter_on_shaped:
             self._drop_flat_groups(batch, shaped, metrics)
+        self._meds_lap("shaping", lap)
         return super()._compute_advantage(batch, metrics)
 
     # ------------------------------------------------------------------ dynamic sampling on the shaped reward
