@@ -39,6 +39,8 @@ from .config import MEDSConfig
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+LABEL_DTYPE = np.int32
+"""dtype of the stored labels (4 bytes per response; `state_dict` and `labels()` give int64)."""
 OUTCOMES = ("wrong", "right")
 _TRACKED_OUTCOMES = {"wrong": ("wrong",), "right": ("right",), "both": ("wrong", "right"), "none": ()}
 
@@ -78,7 +80,7 @@ class ErrorMemory:
             raise ValueError(f"config must be a MEDSConfig, got {type(config).__name__}.")
         self.config = config
         self._features: dict[tuple[PromptId, str], np.ndarray] = {}  # (prompt id, outcome) -> (M, F) float32
-        self._labels: dict[tuple[PromptId, str], np.ndarray] = {}  # (prompt id, outcome) -> (M,) int64
+        self._labels: dict[tuple[PromptId, str], np.ndarray] = {}  # (prompt id, outcome) -> (M,) LABEL_DTYPE
         self._truncated_prompts: dict[PromptId, None] = {}  # an ordered set
         self._num_features: int | None = None
         self._warned_truncation = False
@@ -111,7 +113,7 @@ class ErrorMemory:
     def labels(self, prompt_id: PromptId, outcome: str = "wrong") -> np.ndarray:
         """Copy of the `(M,)` int64 labels of the last fit of one prompt and outcome, aligned with `entries`."""
         labels = self._labels.get((_prompt_id(prompt_id), outcome))
-        return np.empty(0, dtype=np.int64) if labels is None else labels.copy()
+        return np.empty(0, dtype=np.int64) if labels is None else labels.astype(np.int64)
 
     # ------------------------------------------------------------------ update
 
@@ -204,11 +206,11 @@ class ErrorMemory:
         stored = np.concatenate([old_rows, new_rows], axis=0)  # (m + n, F)
         stored_labels = labels_all
         overflow = stored.shape[0] - self.config.memory.capacity
-        if overflow > 0:
-            stored, stored_labels = stored[overflow:], labels_all[overflow:]
+        if overflow > 0:  # copies, so that the dropped rows are freed
+            stored, stored_labels = stored[overflow:].copy(), labels_all[overflow:]
             self._note_truncation(key[0])
         self._features[key] = np.ascontiguousarray(stored, dtype=np.float32)
-        self._labels[key] = np.ascontiguousarray(stored_labels, dtype=np.int64)
+        self._labels[key] = stored_labels.astype(LABEL_DTYPE)
         self._num_features = num_features
         return labels_all
 
@@ -243,7 +245,7 @@ class ErrorMemory:
                     "prompt_id": prompt_id,
                     "outcome": outcome,
                     "features": rows.copy(),
-                    "labels": self._labels[(prompt_id, outcome)].copy(),
+                    "labels": self._labels[(prompt_id, outcome)].astype(np.int64),
                 }
                 for (prompt_id, outcome), rows in self._features.items()
             ],
@@ -289,10 +291,12 @@ class ErrorMemory:
                     f"buffer {key} has features {rows.shape} and labels {row_labels.shape}; expected (M, "
                     f"{num_features}) and (M,)."
                 )
+            if not np.array_equal(row_labels.astype(LABEL_DTYPE), row_labels):
+                raise ValueError(f"buffer {key} has labels outside the {np.dtype(LABEL_DTYPE).name} range.")
             if rows.shape[0] > capacity:
-                rows, row_labels = rows[-capacity:].copy(), row_labels[-capacity:].copy()
+                rows, row_labels = rows[-capacity:].copy(), row_labels[-capacity:]
                 truncated[key[0]] = None
                 logger.warning("Loaded MEDS memory buffer %r cut to capacity=%d (newest kept).", key, capacity)
-            features[key], labels[key] = rows, row_labels
+            features[key], labels[key] = rows, row_labels.astype(LABEL_DTYPE)
         self._features, self._labels, self._truncated_prompts = features, labels, truncated
         self._num_features = num_features if features else None
