@@ -402,7 +402,12 @@ def pairwise_distances(A: np.ndarray, B: np.ndarray, metric: str = "euclidean") 
 
 
 def knn_assign(
-    X_new: np.ndarray, X_old: np.ndarray, labels_old: np.ndarray, k: int, metric: str = "euclidean"
+    X_new: np.ndarray,
+    X_old: np.ndarray,
+    labels_old: np.ndarray,
+    k: int,
+    metric: str = "euclidean",
+    ties_to_noise: bool = False,
 ) -> np.ndarray:
     """
     Label of each new row by majority vote among its `k` nearest old rows.
@@ -424,6 +429,8 @@ def knn_assign(
             Number of voting neighbours, >= 1.
         metric (`str`, *optional*, defaults to `"euclidean"`):
             `"euclidean"`, `"manhattan"` or `"chebyshev"`.
+        ties_to_noise (`bool`, *optional*, defaults to `False`):
+            The authors' fault, for `ClusterConfig.fork_faults`: any tied vote gives `NOISE`.
 
     Returns:
         `np.ndarray` of shape `(n,)`, dtype int64: the assigned labels.
@@ -451,6 +458,9 @@ def knn_assign(
         neighbour_labels = voters[np.argsort(row, kind="stable")[:k_eff]]  # nearest first
         values, counts = np.unique(neighbour_labels, return_counts=True)
         tied = values[counts == counts.max()]
+        if ties_to_noise and tied.size > 1:
+            votes.append(NOISE)
+            continue
         candidates = tied[tied != NOISE]
         if candidates.size == 0:
             votes.append(NOISE)
@@ -503,8 +513,10 @@ def cluster_sizes_for_new(
     rows_new, new_ok = prepare_rows(X_new, cfg.l2_normalize)
     rows_old[~old_ok] = np.nan  # non-finite rows stay out of the vote
     rows_new[~new_ok] = np.nan
-    assigned = knn_assign(rows_new, rows_old, labels_old, cfg.knn_k, cfg.metric)  # (n,)
+    assigned = knn_assign(rows_new, rows_old, labels_old, cfg.knn_k, cfg.metric, ties_to_noise=cfg.fork_faults)  # (n,)
     history_counts = member_counts(labels_old)  # (m,) size of each stored point's cluster, 0 for noise
     history_sizes = {int(label): int(count) for label, count in zip(labels_old, history_counts, strict=True)}
+    if cfg.fork_faults:  # the authors' fault: a noise vote is charged the number of stored noise points
+        history_sizes[NOISE] = int((labels_old == NOISE).sum())
     sizes = np.array([history_sizes.get(int(label), 0) for label in assigned], dtype=np.int64)  # noise -> 0
     return sizes, labels_all

@@ -63,12 +63,18 @@ def _build(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
     if isinstance(values, cls):
         return values
     if not isinstance(values, Mapping):
-        raise ValueError(f"{where} must be a mapping (dict) or {cls.__name__}, got {type(values).__name__}.")
+        raise ValueError(
+            f"{where} must be a mapping (dict) or {cls.__name__}, got {type(values).__name__} {values!r}."
+        )
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(str(k) for k in values if k not in valid)
     if unknown:
         raise ValueError(f"Unknown config key(s) {unknown} in {where}; valid keys are {valid}.")
     return cls(**dict(values))
+
+
+FORK_LOG_CAP = 2.0
+"""The authors' cap on ln(|C| + 1) (their `C = 2.0`): with `fork_parity`, `shaping.beta = FORK_LOG_CAP * alpha`."""
 
 
 @dataclass
@@ -112,7 +118,10 @@ class FeatureConfig:
         elif isinstance(self.layers, (list, tuple)):
             self.layers = list(self.layers)
             if not self.layers:
-                raise ValueError("FeatureConfig.layers must not be an empty list; give 1-based layer numbers >= 1.")
+                raise ValueError(
+                    f"FeatureConfig.layers must not be an empty list; give 1-based layer numbers >= 1, got "
+                    f"{self.layers!r}."
+                )
             for layer in self.layers:
                 if isinstance(layer, bool) or not isinstance(layer, int) or layer < 1:
                     raise ValueError(
@@ -232,6 +241,10 @@ class ClusterConfig:
         allow_single_cluster (`bool`, *optional*, defaults to `True`):
             HDBSCAN `allow_single_cluster`. With `False` (the `hdbscan` default the recipe kept) HDBSCAN never
             returns a single cluster, so a prompt whose stored responses are all alike gets only noise (|C| = 0).
+        fork_faults (`bool`, *optional*, defaults to `False`):
+            Reproduce, in `assignment="knn"`, two assignment faults of the authors' code (for comparison studies
+            only): a response whose vote is won by noise is charged the number of stored noise points, and a tied
+            vote goes to noise. Set through `MEDSConfig.reproduce_fork_faults`.
     """
 
     method: Literal["hdbscan", "single"] = "hdbscan"
@@ -242,6 +255,7 @@ class ClusterConfig:
     metric: str = "euclidean"
     l2_normalize: bool = True
     allow_single_cluster: bool = True
+    fork_faults: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("ClusterConfig", "method", self.method, CLUSTER_METHODS)
@@ -252,6 +266,11 @@ class ClusterConfig:
         _check_choice("ClusterConfig", "metric", self.metric, CLUSTER_METRICS)
         _check_bool("ClusterConfig", "l2_normalize", self.l2_normalize)
         _check_bool("ClusterConfig", "allow_single_cluster", self.allow_single_cluster)
+        _check_bool("ClusterConfig", "fork_faults", self.fork_faults)
+        if self.fork_faults and self.assignment != "knn":
+            raise ValueError(
+                f"ClusterConfig.fork_faults=True needs assignment='knn' (the authors' order), got {self.assignment!r}."
+            )
 
 
 @dataclass
@@ -319,6 +338,19 @@ class MEDSConfig:
             Clustering and assignment options, see [`ClusterConfig`].
         shaping (`ShapingConfig` or `dict`, *optional*):
             Penalty and advantage options, see [`ShapingConfig`].
+
+        > Parameters that reproduce the authors' code (comparison studies)
+
+        fork_parity (`bool`, *optional*, defaults to `False`):
+            Run the authors' algorithm order and formulas: kNN vote (k = 3) over the previous fit, then a refit
+            (`clustering.assignment="knn"`, `min_cluster_size=2`, `min_samples=1`, L2-normalised euclidean); the
+            penalty cap written as `alpha * min(ln(|C| + 1), 2)` (`shaping.beta = 2 * alpha`); right answers divided
+            by `1 + penalty` (`shaping.penalty_target="both"`, right and wrong answers kept apart); no final norm on
+            intermediate layers (`features.final_norm=False`). These fields are overwritten when it is set.
+        reproduce_fork_faults (`bool`, *optional*, defaults to `False`):
+            With `fork_parity`, also keep the authors' three clustering faults: identical repeated responses come
+            back as noise (`allow_single_cluster=False`), a noise vote is charged the number of noise points, and a
+            tied vote goes to noise (`clustering.fork_faults=True`).
     """
 
     enable: bool = True
@@ -326,13 +358,37 @@ class MEDSConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     clustering: ClusterConfig = field(default_factory=ClusterConfig)
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
+    fork_parity: bool = False
+    reproduce_fork_faults: bool = False
 
     def __post_init__(self) -> None:
         _check_bool("MEDSConfig", "enable", self.enable)
+        _check_bool("MEDSConfig", "fork_parity", self.fork_parity)
+        _check_bool("MEDSConfig", "reproduce_fork_faults", self.reproduce_fork_faults)
+        if self.reproduce_fork_faults and not self.fork_parity:
+            raise ValueError("MEDSConfig.reproduce_fork_faults=True needs fork_parity=True.")
         self.features = _build(FeatureConfig, self.features, "MEDSConfig.features")
         self.memory = _build(MemoryConfig, self.memory, "MEDSConfig.memory")
         self.clustering = _build(ClusterConfig, self.clustering, "MEDSConfig.clustering")
         self.shaping = _build(ShapingConfig, self.shaping, "MEDSConfig.shaping")
+        if self.fork_parity:
+            faults = self.reproduce_fork_faults
+            self.clustering = dataclasses.replace(
+                self.clustering,
+                method="hdbscan",
+                assignment="knn",
+                knn_k=3,
+                min_cluster_size=2,
+                min_samples=1,
+                metric="euclidean",
+                l2_normalize=True,
+                allow_single_cluster=not faults,
+                fork_faults=faults,
+            )
+            self.features = dataclasses.replace(self.features, final_norm=False)
+            self.shaping = dataclasses.replace(
+                self.shaping, penalty_target="both", beta=FORK_LOG_CAP * self.shaping.alpha
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> MEDSConfig:

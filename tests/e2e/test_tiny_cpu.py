@@ -164,6 +164,7 @@ VARIANT_FEATURES = {
     "meds_all_diff": 7,
     "meds_half_diff": 3,
     "meds_dapo_shaped_ds": 4,
+    "meds_fork_faults": 4,
 }
 
 
