@@ -84,21 +84,25 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
-def _answer_token_after(pieces: list[str | None], first: int, offset: int) -> int:
-    """Token holding the first non-whitespace character at or after char `offset` of token `first`; -1 if none."""
-    position = offset
-    for t in range(first, len(pieces)):
-        piece = pieces[t]
-        if piece is None:
-            raise AssertionError("token pieces right of the marker must be decoded")
-        if position >= len(piece):
-            position -= len(piece)
-            continue
-        rest = piece[position:].lstrip()
-        position = 0
-        if not rest:
-            continue
-        return -1 if rest[0] == "}" else t
+def _answer_token_after(ids: list[int], tokenizer: TokenizerLike, first: int, offset: int) -> int:
+    """Token holding the first non-whitespace character at or after char `offset` of `decode(ids[first:])`; -1 if
+    there is none or it is the closing `}`.
+
+    Works on decoded prefixes, not on single-token pieces: a byte-level tokenizer can split one character over several
+    tokens that each decode to U+FFFD alone, so a multi-byte space (U+2003, U+3000) would look like an answer.
+    """
+    tail = tokenizer.decode(ids[first:])
+    rest = tail[offset:]
+    stripped = rest.lstrip()
+    if not stripped or stripped[0] == "}":
+        return -1
+    answer = offset + len(rest) - len(stripped)  # index in `tail` of the answer's first character
+    before = tail[:answer]
+    for t in range(first, len(ids)):
+        # The first token that decodes past the complete text before the answer holds the answer's first byte.
+        prefix = tokenizer.decode(ids[first : t + 1])
+        if len(prefix) > answer and prefix.startswith(before):
+            return t
     return -1
 
 
@@ -113,8 +117,9 @@ def locate_answer_token(response_ids: Sequence[int], tokenizer: TokenizerLike) -
     `"ed"`, `"{"`) is found. When the tokenizer merged `{` with answer characters (a token `"{4"`), that token is the
     answer token.
 
-    Deviations: leading whitespace inside the box is skipped (`\boxed{ 42}` gives the token of `4`), and an empty
-    box (`\boxed{}`) counts as no answer. An unclosed last box (`\boxed{4` at the end of a truncated response) still
+    Deviations: leading whitespace inside the box is skipped (`\boxed{ 42}` gives the token of `4`, also when a
+    byte-level tokenizer splits a multi-byte space such as U+3000 over several tokens), and an empty box
+    (`\boxed{}`) counts as no answer. An unclosed last box (`\boxed{4` at the end of a truncated response) still
     gives the token of `4`, although [`extract_boxed`] returns `None` for it.
 
     Args:
@@ -133,11 +138,9 @@ def locate_answer_token(response_ids: Sequence[int], tokenizer: TokenizerLike) -
     text = tokenizer.decode(ids)
     if not any(marker in text for marker in BOX_MARKERS):
         return -1
-    pieces: list[str | None] = [None] * len(ids)
     head = ""  # the first `_MAX_MARKER_LEN - 1` characters right of the current token
     for i in range(len(ids) - 1, -1, -1):
         piece = tokenizer.decode([ids[i]])
-        pieces[i] = piece
         window = piece + head
         best: tuple[int, str] | None = None
         for marker in BOX_MARKERS:
@@ -146,7 +149,7 @@ def locate_answer_token(response_ids: Sequence[int], tokenizer: TokenizerLike) -
             if start >= 0 and (best is None or start > best[0]):
                 best = (start, marker)
         if best is not None:
-            return _answer_token_after(pieces, i, best[0] + len(best[1]))
+            return _answer_token_after(ids, tokenizer, i, best[0] + len(best[1]))
         head = window[: _MAX_MARKER_LEN - 1]
     logger.debug("A box marker occurs in the decoded response but not in the per-token decodes; no answer token.")
     return -1
