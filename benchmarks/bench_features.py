@@ -13,7 +13,7 @@ Models are random-init Qwen2 decoders built from a config (no download):
 
 The timed forward is what verl's actor does in `compute_log_prob` on a padded micro-batch: the model's forward, then
 log-probabilities of the next tokens (log-softmax + gather) and the entropy over the full vocabulary. Three variants
-run interleaved (A B C, then C B A, ...) and the median of `--repeats` is reported per variant:
+run interleaved (A B C, then B C A, C A B, ...) and the median of `--repeats` is reported per variant:
 
 - **plain**: no capture (DAPO's forward);
 - **capture**: the same forward inside `verl_meds.features.LogitLensCapture` (the product path: hooks keep the
@@ -22,10 +22,13 @@ run interleaved (A B C, then C B A, ...) and the median of `--repeats` is report
   hidden states at the answer positions projected onto the whole vocabulary (`lm_head`), of which one logit per row
   is kept. Only the answer positions are projected here (the cheapest reading of their code).
 
-Each round runs the three variants back to back (alternating their order); the ratios are the median over rounds
-of the per-round ratios, which cancels slow drifts of a shared machine. Both the CPU time of this process
+Each round runs the three variants back to back (their order rotates from round to round, so each variant takes
+each place equally often); the ratios are the median over rounds of the per-round ratios, which cancels slow drifts
+of a shared machine. Both the CPU time of this process
 (`time.process_time`, which other processes on the same cores hardly change; the headline figure) and the wall time
-are measured; the minimum over rounds (the least disturbed forward) and its ratios are printed too.
+are measured; the minimum over rounds (the least disturbed forward) and its ratios are printed too. The CPU time
+spent inside the capture's own hooks is also measured directly ("hooks"): it is the part of the overhead that does
+not depend on how noisy the machine is.
 
 Selected layers: the paper's default, the last half (5..8 of 8, 15..28 of 28). The capture's features are checked
 against the full-vocab values. Printed: seconds per forward and the ratios capture / plain (the overhead,
@@ -96,9 +99,30 @@ def plain(model, batch, layers) -> None:
     log_probs_and_entropy(logits, batch["input_ids"])
 
 
+class TimedCapture(LogitLensCapture):
+    """`LogitLensCapture` that adds the CPU time spent in its hooks to `TimedCapture.seconds`."""
+
+    seconds = 0.0
+
+    def _layer_hook(self, layer: int):
+        inner = super()._layer_hook(layer)
+
+        def hook(*args):
+            start = time.process_time()
+            inner(*args)
+            TimedCapture.seconds += time.process_time() - start
+
+        return hook
+
+    def _head_pre_hook(self, *args) -> None:
+        start = time.process_time()
+        super()._head_pre_hook(*args)
+        TimedCapture.seconds += time.process_time() - start
+
+
 @torch.no_grad()
 def capture(model, batch, layers) -> torch.Tensor:
-    with LogitLensCapture(model, layers, True, batch["flat_positions"], batch["answer_tokens"]) as lens:
+    with TimedCapture(model, layers, True, batch["flat_positions"], batch["answer_tokens"]) as lens:
         logits = model(input_ids=batch["input_ids"], use_cache=False).logits
         log_probs_and_entropy(logits, batch["input_ids"])
     return lens.features
@@ -139,8 +163,9 @@ def bench(name: str, args: argparse.Namespace) -> dict:
     clocks = {"cpu": time.process_time, "wall": time.perf_counter}
     times = {clock: {variant: [] for variant in VARIANTS} for clock in clocks}  # clock -> variant -> seconds
     order = list(VARIANTS)
+    TimedCapture.seconds = 0.0
     for repeat in range(args.repeats):
-        for variant in order if repeat % 2 == 0 else order[::-1]:
+        for variant in order[repeat % 3 :] + order[: repeat % 3]:
             cpu, wall = time.process_time(), time.perf_counter()
             VARIANTS[variant](model, batch, layers)
             times["cpu"][variant].append(time.process_time() - cpu)
@@ -158,6 +183,7 @@ def bench(name: str, args: argparse.Namespace) -> dict:
     return {
         "name": name, "params": params, "batch": batch_size, "seq": seq, "layers": layers, "medians": medians,
         "max_gap": max_gap, "build_seconds": build_seconds, "times": times, "paired": paired,
+        "hook_seconds": TimedCapture.seconds / args.repeats,
     }
 
 
@@ -201,6 +227,11 @@ def main() -> None:
                 a, b = pair.split(" / ")
                 minima = low[a] / low[b]
                 print(f"    {pair:<22} = {ratio:.3f}  (median of per-round ratios; ratio of minima {minima:.3f})")
+        hooks = result["hook_seconds"]
+        print(
+            f"  capture hooks' own CPU time: {hooks * 1e3:.2f} ms per forward = {hooks / m['cpu']['plain']:.2%} of the "
+            "plain forward"
+        )
     print(f"\nload average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
