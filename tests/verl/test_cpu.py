@@ -262,3 +262,19 @@ def test_install_before_importing_verl_registers_the_platform_once(subprocess_fa
     assert facts["device"] == "cpu"
     assert facts["overrides"] == []
     assert facts["same_class"] is True
+
+
+def test_cpu_mode_replaces_a_platform_verl_resolved_earlier():
+    """In one process (e.g. a test session), verl code may resolve the platform before CPU mode is asked for."""
+    code = (
+        "from verl.utils.device import get_device_name\n"
+        "first = get_device_name()\n"
+        "from verl_meds.verl import cpu\n"
+        "cpu.enable_cpu_mode()\n"
+        "print(first, get_device_name())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("VERL_MEDS_CPU", "VERL_PLATFORM")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, after = out.stdout.split()[-2:]
+    assert first != "cpu" and after == "cpu"

@@ -352,6 +352,13 @@ def install() -> None:
         # installed already: registering again would replace the class of the platform verl has just cached.
         return
     PlatformRegistry.register(platform="cpu")(_make_platform_class())
+    from verl.plugin.platform import platform_manager
+
+    current = platform_manager._current_platform
+    if current is not None and current.device_name != "cpu":
+        # verl already resolved a platform in this process (e.g. verl code ran before CPU mode was asked for):
+        # CPU mode is an explicit choice, so replace it through verl's own override.
+        platform_manager.set_platform(PlatformRegistry.get("cpu")())
 
     import torch.distributed as dist
 
