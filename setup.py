@@ -16,6 +16,7 @@ setup(
         "torch>=2.6",
         "numpy",
         "scikit-learn>=1.3",
+        "scipy",
         "hdbscan>=0.8.33",
     ],
     extras_require={
