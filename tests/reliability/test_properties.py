@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections import Counter
 from functools import lru_cache
 
 import numpy as np
@@ -53,6 +54,17 @@ torch.set_num_threads(1)
 
 SLOW = settings.get_profile("slow")
 EPS = 1e-6  # verl's GRPO epsilon, used by the `meds` estimator
+CALLS: Counter[str] = Counter()  # examples run per property (valid or not), so the slow twins can prove their count
+
+
+def run_slow(name: str, prop, **overrides) -> None:
+    """Run a property with the `slow` profile and check that at least `max_examples` examples really ran."""
+    chosen = settings(SLOW, **overrides)
+    before = CALLS[name]
+    chosen(prop)()
+    ran = CALLS[name] - before
+    assert ran >= chosen.max_examples, f"{name}: only {ran} examples ran"
+    print(f"{name}: {ran} examples")
 
 # ------------------------------------------------------------------------------------------------ strategies
 
@@ -181,6 +193,7 @@ def _locate_char_property():
 
     @given(masked_responses(tokenizer))
     def prop(batch):
+        CALLS["locate_char"] += 1
         check_locate(tokenizer, *batch, exact=True)
 
     return prop
@@ -189,6 +202,7 @@ def _locate_char_property():
 def _locate_bpe_property():
     @given(st.data())
     def prop(data):
+        CALLS["locate_bpe"] += 1
         tokenizer = bpe_tokenizer()
         check_locate(tokenizer, *data.draw(masked_responses(tokenizer)), exact=False)
 
@@ -201,12 +215,12 @@ test_locate_bpe_tokenizer = _locate_bpe_property()
 
 @pytest.mark.slow
 def test_locate_char_tokenizer_10k():
-    settings(SLOW)(_locate_char_property())()
+    run_slow("locate_char", _locate_char_property())
 
 
 @pytest.mark.slow
 def test_locate_bpe_tokenizer_10k():
-    settings(SLOW)(_locate_bpe_property())()
+    run_slow("locate_bpe", _locate_bpe_property())
 
 
 # ------------------------------------------------------------------------------------------------ 2-4. pipeline
@@ -371,6 +385,7 @@ def _pipeline_property():
 
     @given(st.data())
     def prop(data):
+        CALLS["pipeline"] += 1
         config, num_values = data.draw(meds_configs())
         steps = data.draw(training_steps(num_values))
         memory, shadow = ErrorMemory(config), ShadowMemory(config)
@@ -395,7 +410,7 @@ test_pipeline_random_and_adversarial = _pipeline_property()
 
 @pytest.mark.slow
 def test_pipeline_random_and_adversarial_10k():
-    settings(SLOW)(_pipeline_property())()
+    run_slow("pipeline", _pipeline_property())
 
 
 # ------------------------------------------------------------------------------------------------ non-finite rewards
@@ -409,6 +424,7 @@ def _shaping_nonfinite_property():
         st.sampled_from(PENALTY_TARGETS),
     )
     def prop(rows, target):
+        CALLS["shaping_nonfinite"] += 1
         rewards = torch.tensor([r[0] for r in rows], dtype=torch.float32)
         correct = torch.tensor([r[1] for r in rows])
         penalties = penalty_from_cluster_sizes(torch.tensor([r[2] for r in rows]), 0.1, 0.2)
@@ -431,7 +447,7 @@ test_shaping_treats_nonfinite_rewards_as_zero = _shaping_nonfinite_property()
 
 @pytest.mark.slow
 def test_shaping_treats_nonfinite_rewards_as_zero_10k():
-    settings(SLOW)(_shaping_nonfinite_property())()
+    run_slow("shaping_nonfinite", _shaping_nonfinite_property())
 
 
 NONFINITE_REWARD_BUG = (
@@ -509,6 +525,7 @@ def _features_property():
 
     @given(st.data())
     def prop(data):
+        CALLS["features"] += 1
         tokenizer, model = bpe_tokenizer(), tiny_qwen2()
         vocab = len(tokenizer)
         layers = data.draw(st.sampled_from([[2], [1, 2]]))
@@ -577,7 +594,7 @@ test_features_on_tiny_qwen2 = settings(max_examples=25)(_features_property())
 
 @pytest.mark.slow
 def test_features_on_tiny_qwen2_slow():
-    settings(SLOW, max_examples=500)(_features_property())()
+    run_slow("features", _features_property(), max_examples=500)
 
 
 # ------------------------------------------------------------------------------------------------ regressions found
