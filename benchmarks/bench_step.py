@@ -56,15 +56,9 @@ STAGES = ("step", "gen", "reward", "old_log_prob", "adv", "update_actor", "updat
 def assets() -> dict[str, Path]:
     """The recipe's cached synthetic task and tiny warm-started model (built on first use)."""
     sys.path.insert(0, str(ROOT))
-    from data_prep.synthetic import write_synthetic
-    from data_prep.tiny_model import build_tiny_model
+    from data_prep.assets import tiny_cpu_assets
 
-    cache = Path(os.environ.get("VERL_MEDS_CACHE", ROOT / ".cache" / "tiny_cpu"))
-    data = cache / "data_seed0"
-    if not (data / "train.parquet").exists():
-        write_synthetic(data, n_train=2000, n_test=64, seed=0)
-    model = build_tiny_model(cache / "model_seed0", seed=0)
-    return {"train": data / "train.parquet", "val": data / "test.parquet", "model": model}
+    return tiny_cpu_assets()
 
 
 def compose(method: str, overrides: list[str]):

@@ -114,9 +114,9 @@ def _config_of(run: RecipeRun):
     """The MEDS config of the run (the recipe's `meds` block as composed by Hydra)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from verl_subprocess import CONFIG_DIR
 
     from verl_meds.verl.trainer import meds_config_from_trainer_config
-    from verl_subprocess import CONFIG_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):

@@ -29,15 +29,9 @@ RUN_MARKER_ENV = "VERL_MEDS_TEST_RUN"
 
 def tiny_assets() -> dict[str, Path]:
     """Synthetic task and tiny warm-started model, cached where the quick-start recipe caches them."""
-    from data_prep.synthetic import write_synthetic
-    from data_prep.tiny_model import build_tiny_model
+    from data_prep.assets import tiny_cpu_assets
 
-    cache = Path(os.environ.get("VERL_MEDS_CACHE", ROOT / ".cache" / "tiny_cpu"))
-    data = cache / "data_seed0"
-    if not (data / "train.parquet").exists():
-        write_synthetic(data, n_train=2000, n_test=64, seed=0)
-    model = build_tiny_model(cache / "model_seed0", seed=0)
-    return {"train": data / "train.parquet", "val": data / "test.parquet", "model": model}
+    return tiny_cpu_assets()
 
 
 class RecipeRun:
