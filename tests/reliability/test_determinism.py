@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import pickle
@@ -48,12 +49,26 @@ def make_step(step: int, prompts: list[str], rollouts: int = 8, seed: int = 0):
     return prompt_ids, keys, features, np.array(correct)
 
 
+def _canonical_order_has_tiebreak() -> bool:
+    try:
+        from verl_meds.verl.trainer import canonical_order
+    except ImportError:  # verl missing: the tests that need it are skipped
+        return False
+    return "tiebreak" in inspect.signature(canonical_order).parameters
+
+
+_HAS_TIEBREAK = _canonical_order_has_tiebreak()
+
+
 def memory_step(memory: ErrorMemory, prompt_ids, keys, features, correct) -> torch.Tensor:
     """The trainer's memory update (`MEDSTrainer._compute_old_log_prob`): canonical order in, penalties out (N,)."""
     from verl_meds.verl.trainer import canonical_order
 
     valid = np.isfinite(features).all(axis=1)
-    order = canonical_order(prompt_ids, keys)
+    if _HAS_TIEBREAK:  # the proposed fix: rows of one prompt with the same rollout index ordered by content
+        order = canonical_order(prompt_ids, keys, tiebreak=[row.tobytes() for row in features])
+    else:
+        order = canonical_order(prompt_ids, keys)
     sorted_sizes, _ = memory.step([prompt_ids[r] for r in order], features[order], valid[order], correct[order])
     sizes = np.empty_like(sorted_sizes)
     sizes[order] = sorted_sizes
@@ -107,12 +122,12 @@ DUPLICATE_PROMPT_TIE = (
     "canonical_order sorts by (prompt id, rollout index) only. When one prompt fills two groups of a step (dynamic "
     "sampling concatenating generation batches of a 1-prompt dataset, or duplicate prompts hashed to the same id), "
     "rows (p, i) of both groups tie and keep verl's batch order, so the stored order and state depend on balancing. "
-    "Proposed fix in the issue-6 report: break ties by the row's content (response ids / feature bytes)."
+    "Proposed fix in the issue-6 report: `canonical_order(..., tiebreak=...)` ordering such rows by their content."
 )
 
 
 @pytest.mark.requires_verl
-@pytest.mark.xfail(reason=DUPLICATE_PROMPT_TIE, strict=True)
+@pytest.mark.xfail(not _HAS_TIEBREAK, reason=DUPLICATE_PROMPT_TIE, strict=True)
 def test_one_prompt_in_two_groups_of_a_step_is_order_independent():
     pytest.importorskip("verl")
     a_ids, a_keys, a_features, a_correct = make_step(0, ["p"], seed=1)
