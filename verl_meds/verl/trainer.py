@@ -91,6 +91,32 @@ def stable_prompt_ids(extra_infos: list, prompts: list[torch.Tensor], prompt_key
     return ids
 
 
+def shaped_token_scores(scores: list[torch.Tensor], rewards: torch.Tensor, shaped: torch.Tensor) -> list[torch.Tensor]:
+    """Put each shaped reward on the last response token of verl's token-level scores.
+
+    Args:
+        scores (`list[torch.Tensor]`, N tensors of shape `(T_i,)`): verl's token-level scores (the outcome reward on
+            the last response token).
+        rewards (`torch.Tensor` of shape `(N,)`): the raw rewards (row sums of ``scores``).
+        shaped (`torch.Tensor` of shape `(N,)`): the shaped rewards (finite; see ``shape_rewards``).
+
+    Returns:
+        `list[torch.Tensor]`: float32 scores whose row sums are ``shaped``. A row whose raw reward is not finite is
+        rebuilt from zeros (``shape_rewards`` counted that reward as 0), so NaN never reaches the advantage.
+    """
+    out = []
+    for score, old, new in zip(scores, rewards, shaped, strict=True):
+        score = score.clone().float()
+        if score.numel():
+            if bool(torch.isfinite(old)):
+                score[-1] += new - old
+            else:
+                score = torch.zeros_like(score)
+                score[-1] = new
+        out.append(score)
+    return out
+
+
 def groups_with_signal(shaped: torch.Tensor, group_ids: list, atol: float = 1e-9) -> torch.Tensor:
     """Which rows belong to a group whose shaped rewards are not all equal.
 
@@ -291,12 +317,7 @@ class MEDSTrainer(PPOTrainerSync):
         shaped, shaping_metrics = shape_rewards(
             rewards, step["correct"], step["penalties"], self.meds_config.shaping.penalty_target
         )
-        shaped_scores = []
-        for score, old, new in zip(scores, rewards, shaped, strict=True):
-            score = score.clone().float()
-            if score.numel():
-                score[-1] += new - old  # verl puts the outcome reward on the last response token
-            shaped_scores.append(score)
+        shaped_scores = shaped_token_scores(scores, rewards, shaped)
         nested = torch.nested.as_nested_tensor(shaped_scores, layout=torch.jagged)
         tq.kv_batch_put(
             keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields({"rm_scores": nested}, len(batch))
