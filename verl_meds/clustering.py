@@ -80,6 +80,21 @@ def prepare_rows(X: np.ndarray, l2_normalize: bool) -> tuple[np.ndarray, np.ndar
     return rows, finite
 
 
+def _edge_cases(X: np.ndarray, cfg: ClusterConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Shared start of [`fit_labels`] and [`fit_labels_reference`]: prepared rows, labels pre-filled with `NOISE`
+    (non-finite rows stay noise), and the indices of the rows to cluster; ``None`` when the labels are already final
+    (`method="single"`, or fewer than `min_cluster_size` usable rows)."""
+    rows, finite = prepare_rows(X, cfg.l2_normalize)
+    labels = np.full(rows.shape[0], NOISE, dtype=np.int64)  # (M,)
+    usable = np.flatnonzero(finite)
+    if cfg.method == "single":
+        labels[usable] = 0
+        return rows, labels, None
+    if usable.size < cfg.min_cluster_size:
+        return rows, labels, None
+    return rows, labels, usable
+
+
 def fit_labels(X: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
     """
     Cluster labels of the rows of `X`.
@@ -105,13 +120,8 @@ def fit_labels(X: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
     Raises:
         ValueError: if `X` is not 2-D or has no columns.
     """
-    rows, finite = prepare_rows(X, cfg.l2_normalize)
-    labels = np.full(rows.shape[0], NOISE, dtype=np.int64)  # (M,)
-    usable = np.flatnonzero(finite)
-    if cfg.method == "single":
-        labels[usable] = 0
-        return labels
-    if usable.size < cfg.min_cluster_size:
+    rows, labels, usable = _edge_cases(X, cfg)
+    if usable is None:
         return labels
     tree = _mutual_reachability_linkage(rows[usable], cfg.min_samples, cfg.metric)  # (M_usable - 1, 4)
     labels[usable] = _hdbscan_from_linkage(tree, usable.size, cfg.min_cluster_size, cfg.allow_single_cluster)
@@ -126,13 +136,8 @@ def fit_labels_reference(X: np.ndarray, cfg: ClusterConfig, algorithm: str = "be
     `benchmarks/bench_cluster.py`. `algorithm` is contrib's: `"best"` (its default, what `fit_labels` ran before the
     fast path and what the authors run) or `"generic"` (exact spanning tree, the same tree as [`fit_labels`]).
     """
-    rows, finite = prepare_rows(X, cfg.l2_normalize)
-    labels = np.full(rows.shape[0], NOISE, dtype=np.int64)  # (M,)
-    usable = np.flatnonzero(finite)
-    if cfg.method == "single":
-        labels[usable] = 0
-        return labels
-    if usable.size < cfg.min_cluster_size:
+    rows, labels, usable = _edge_cases(X, cfg)
+    if usable is None:
         return labels
     import hdbscan  # imported lazily: it pulls in pandas and joblib
 
