@@ -5,7 +5,7 @@
 1. `locate_answer_tokens` on the padded responses (N, T) and their mask;
 2. the raw logit-lens values (N, L_sel) as the worker returns them (NaN where a row has no answer token), then
    `finalize_features` and `valid = has_answer & finite`;
-3. `ErrorMemory.step` on the rows in `canonical_order` (prompt id, then rollout index), sizes mapped back;
+3. `ErrorMemory.step` on the rows in `canonical_order` (prompt id, rollout index, content), sizes mapped back;
 4. `penalty_from_cluster_sizes`, `shape_rewards` on the row sums of verl's token-level scores, the shaped reward
    written back onto the last response token, and the registered `meds` estimator.
 
@@ -113,7 +113,7 @@ def driver_step(
 ) -> StepResult:
     """One MEDS step as `MEDSTrainer` runs it (see the module docstring); `raw_values` is (N, L_sel) float."""
     from verl_meds.verl.advantage import compute_meds_outcome_advantage
-    from verl_meds.verl.trainer import canonical_order
+    from verl_meds.verl.trainer import canonical_order, content_tiebreak
 
     answer_index = locate_answer_tokens(responses, response_mask, tokenizer)  # (N,)
     has_answer = answer_index >= 0
@@ -121,7 +121,7 @@ def driver_step(
     raw[~has_answer] = float("nan")  # the worker leaves rows without an answer position at NaN
     features = finalize_features(raw, config.features.diff).numpy()  # (N, F)
     valid = has_answer.numpy() & np.isfinite(features).all(axis=1)
-    order = canonical_order(prompt_ids, keys)
+    order = canonical_order(prompt_ids, keys, tiebreak=content_tiebreak(responses, response_mask, features))
     sorted_sizes, metrics = memory.step(
         [prompt_ids[r] for r in order], features[order].astype(np.float32), valid[order], correct[order]
     )

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import pickle
@@ -49,26 +48,13 @@ def make_step(step: int, prompts: list[str], rollouts: int = 8, seed: int = 0):
     return prompt_ids, keys, features, np.array(correct)
 
 
-def _canonical_order_has_tiebreak() -> bool:
-    try:
-        from verl_meds.verl.trainer import canonical_order
-    except ImportError:  # verl missing: the tests that need it are skipped
-        return False
-    return "tiebreak" in inspect.signature(canonical_order).parameters
-
-
-_HAS_TIEBREAK = _canonical_order_has_tiebreak()
-
-
 def memory_step(memory: ErrorMemory, prompt_ids, keys, features, correct) -> torch.Tensor:
     """The trainer's memory update (`MEDSTrainer._compute_old_log_prob`): canonical order in, penalties out (N,)."""
     from verl_meds.verl.trainer import canonical_order
 
     valid = np.isfinite(features).all(axis=1)
-    if _HAS_TIEBREAK:  # the proposed fix: rows of one prompt with the same rollout index ordered by content
-        order = canonical_order(prompt_ids, keys, tiebreak=[row.tobytes() for row in features])
-    else:
-        order = canonical_order(prompt_ids, keys)
+    # rows of one prompt with the same rollout index are ordered by content (the trainer adds the response tokens)
+    order = canonical_order(prompt_ids, keys, tiebreak=[row.tobytes() for row in features])
     sorted_sizes, _ = memory.step([prompt_ids[r] for r in order], features[order], valid[order], correct[order])
     sizes = np.empty_like(sorted_sizes)
     sizes[order] = sorted_sizes
@@ -118,26 +104,39 @@ def test_permuted_steps_give_identical_penalties_and_state_bytes(sections):
         assert state == reference_state, f"trial {trial}: memory state differs under a permutation"
 
 
-DUPLICATE_PROMPT_TIE = (
-    "canonical_order sorts by (prompt id, rollout index) only. When one prompt fills two groups of a step (dynamic "
-    "sampling concatenating generation batches of a 1-prompt dataset, or duplicate prompts hashed to the same id), "
-    "rows (p, i) of both groups tie and keep verl's batch order, so the stored order and state depend on balancing. "
-    "Proposed fix in the issue-6 report: `canonical_order(..., tiebreak=...)` ordering such rows by their content."
-)
+@pytest.mark.requires_verl
+@pytest.mark.parametrize("groups", [2, 3])
+def test_one_prompt_in_several_groups_of_a_step_is_order_independent(groups):
+    """Dynamic sampling can concatenate generation batches of one prompt: rows (p, i) of its groups tie on
+    (prompt id, rollout index) and must be ordered by content, not by verl's batch order (found by this suite)."""
+    pytest.importorskip("verl")
+    parts = [make_step(0, ["p", "q"], seed=g + 1) for g in range(groups)]
+    step = (
+        sum((p[0] for p in parts), []),
+        sum((p[1] for p in parts), []),
+        np.concatenate([p[2] for p in parts]),
+        np.concatenate([p[3] for p in parts]),
+    )
+    n = len(step[0])
+    reference_penalties, reference_state = run_permuted(MEDSConfig(), [step, step], [np.arange(n)] * 2)
+    rng = np.random.default_rng(groups)
+    for _ in range(6):
+        perms = [rng.permutation(n) for _ in range(2)]
+        penalties, state = run_permuted(MEDSConfig(), [step, step], perms)
+        assert state == reference_state
+        for a, b in zip(penalties, reference_penalties, strict=True):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.requires_verl
-@pytest.mark.xfail(not _HAS_TIEBREAK, reason=DUPLICATE_PROMPT_TIE, strict=True)
-def test_one_prompt_in_two_groups_of_a_step_is_order_independent():
+def test_canonical_order_rejects_mismatched_lengths():
     pytest.importorskip("verl")
-    a_ids, a_keys, a_features, a_correct = make_step(0, ["p"], seed=1)
-    b_ids, b_keys, b_features, b_correct = make_step(0, ["p"], seed=2)  # the same prompt, another uid
-    step = (a_ids + b_ids, a_keys + b_keys, np.concatenate([a_features, b_features]),
-            np.concatenate([a_correct, b_correct]))
-    n = len(step[0])
-    _, reference_state = run_permuted(MEDSConfig(), [step], [np.arange(n)])
-    _, state = run_permuted(MEDSConfig(), [step], [np.r_[np.arange(8, 16), np.arange(8)]])  # groups swapped
-    assert state == reference_state
+    from verl_meds.verl.trainer import canonical_order
+
+    with pytest.raises(ValueError, match="lengths differ"):
+        canonical_order(["p", "p"], ["u_0_0", "u_1_0"], tiebreak=[b""])
+    with pytest.raises(ValueError, match="lengths differ"):
+        canonical_order(["p"], ["u_0_0", "u_1_0"])
 
 
 # ------------------------------------------------------------------------------------------------ (b) no RNG
@@ -213,7 +212,11 @@ def test_same_inputs_same_labels_across_processes():
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", textwrap.dedent(DETERMINISM_SCRIPT), str(seed), str(Path(__file__).parent)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+                env=env,
             )
         )
     for proc in procs:

@@ -148,19 +148,49 @@ def rollout_index(key: str) -> tuple:
     return (str(key),)
 
 
-def canonical_order(prompt_ids: list[str], keys: list[str]) -> np.ndarray:
-    """Row order by (prompt id, rollout index): the same whatever order or worker split verl gave the batch.
+def canonical_order(prompt_ids: list[str], keys: list[str], tiebreak: list[bytes] | None = None) -> np.ndarray:
+    """Row order by (prompt id, rollout index, content): the same whatever order or worker split verl gave the batch.
+
+    Two rows share (prompt id, rollout index) when one prompt fills two groups of a step (dynamic sampling
+    concatenating generation batches, or two dataset rows with the same prompt id). Such rows are ordered by
+    ``tiebreak`` (their content); rows whose tiebreak is also equal are interchangeable for the memory.
 
     Args:
         prompt_ids (`list[str]` of length N): stable prompt id of each row.
         keys (`list[str]` of length N): verl's TransferQueue keys, ``"{uid}_{session_id}_{index}"``, where
             ``session_id`` is the rollout's index within its group.
+        tiebreak (`list[bytes]` of length N, *optional*): content of each row (the trainer passes the response
+            tokens and the feature bytes). Without it, tied rows keep the batch order.
 
     Returns:
         `np.ndarray` of shape `(N,)`, int64: row indices in canonical order.
-    """
 
-    return np.array(sorted(range(len(keys)), key=lambda r: (prompt_ids[r], rollout_index(keys[r]))), dtype=np.int64)
+    Raises:
+        ValueError: when the three lists differ in length.
+    """
+    n = len(keys)
+    if len(prompt_ids) != n or (tiebreak is not None and len(tiebreak) != n):
+        lengths = (len(prompt_ids), n, None if tiebreak is None else len(tiebreak))
+        raise ValueError(f"canonical_order: prompt_ids, keys and tiebreak lengths differ: {lengths}")
+    ties = tiebreak if tiebreak is not None else [b""] * n
+    return np.array(
+        sorted(range(n), key=lambda r: (prompt_ids[r], rollout_index(keys[r]), bytes(ties[r]))), dtype=np.int64
+    )
+
+
+def content_tiebreak(responses: torch.Tensor, response_mask: torch.Tensor, features: np.ndarray) -> list[bytes]:
+    """Each row's content as bytes, the ``tiebreak`` of [`canonical_order`]: its response tokens, then its features.
+
+    Args:
+        responses (`torch.Tensor` of shape `(N, T)`, int): response token ids, padded.
+        response_mask (`torch.Tensor` of shape `(N, T)`): 1 on response tokens.
+        features (`np.ndarray` of shape `(N, F)`, float): the rows' features (NaN where missing).
+
+    Returns:
+        `list[bytes]` of length N.
+    """
+    rows = zip(responses.cpu(), response_mask.cpu(), features, strict=True)
+    return [r[m.bool()].numpy().tobytes() + np.ascontiguousarray(f).tobytes() for r, m, f in rows]
 
 
 @register_trainer("meds")
@@ -246,7 +276,8 @@ class MEDSTrainer(PPOTrainerSync):
         correct = np.array([_accuracy(f) for f in data["extra_fields"]], dtype=bool)
         # verl reorders the batch to balance workers; visiting rows in a fixed order (prompt id, then rollout index)
         # makes the memory, and so every penalty, independent of that order and of the number of workers.
-        order = canonical_order(prompt_ids, list(batch.keys))
+        tiebreak = content_tiebreak(responses, response_mask, features)
+        order = canonical_order(prompt_ids, list(batch.keys), tiebreak=tiebreak)
         sorted_sizes, memory_metrics = self.meds_memory.step(
             [prompt_ids[r] for r in order], features[order].astype(np.float32), valid[order], correct[order]
         )
