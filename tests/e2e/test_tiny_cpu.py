@@ -102,8 +102,11 @@ def test_meds_trains_penalises_checkpoints_and_resumes_exactly(ray_cluster, asse
             "meds/frac_penalized",
             "meds/memory/num_entries",
             "meds/features/missing_frac",
+            "meds/groups/singleton_frac",
+            "meds/groups/flat_frac",
         ):
             assert name in keys, f"{name} not logged at step {step}"
+        assert 0.0 <= keys["meds/groups/flat_frac"] <= 1.0 and keys["meds/groups/singleton_frac"] == 0.0
     assert steps[1]["meds/features/missing_frac"] < 1.0, "no feature was captured"
     # Step 2 sees the wrong answers of step 1 for the same prompt: repeated errors are penalised.
     assert max(steps[s]["meds/penalty/max"] for s in (1, 2)) > 0.0

@@ -138,3 +138,22 @@ def test_groups_with_signal_keeps_groups_with_shaped_spread():
     groups = ["g1", "g1", "g2", "g2", "g3", "g3", "g4"]
     assert groups_with_signal(shaped, groups).tolist() == [False, False, True, True, True, True, False]
     assert groups_with_signal(torch.zeros(0), []).tolist() == []
+
+
+def test_group_degeneracy_counts_singleton_and_flat_groups():
+    import torch
+
+    from verl_meds.verl.trainer import group_degeneracy
+
+    # g1 flat (2 rows), g2 spread (2), g3 singleton (1, flat too), g4 spread (3)
+    shaped = torch.tensor([-1.1, -1.1, -1.0, -1.16, 0.5, 1.0, -1.0, 1.0])
+    groups = ["g1", "g1", "g2", "g2", "g3", "g4", "g4", "g4"]
+    metrics = group_degeneracy(shaped, groups)
+    assert metrics == {"meds/groups/singleton_frac": 1 / 8, "meds/groups/flat_frac": 3 / 8}
+    # every response identical: every group flat; every group of size 1: every row singleton and flat
+    assert group_degeneracy(torch.ones(4), ["a", "a", "b", "b"])["meds/groups/flat_frac"] == 1.0
+    assert group_degeneracy(torch.arange(3.0), ["a", "b", "c"]) == {
+        "meds/groups/singleton_frac": 1.0,
+        "meds/groups/flat_frac": 1.0,
+    }
+    assert group_degeneracy(torch.zeros(0), []) == {"meds/groups/singleton_frac": 0.0, "meds/groups/flat_frac": 0.0}

@@ -139,6 +139,29 @@ def groups_with_signal(shaped: torch.Tensor, group_ids: list, atol: float = 1e-9
     return keep
 
 
+def group_degeneracy(shaped: torch.Tensor, group_ids: list) -> dict[str, float]:
+    """Degenerate groups of a step, as metrics: both give every row of the group a zero advantage under GRPO.
+
+    Args:
+        shaped (`torch.Tensor` of shape `(N,)`, float): shaped rewards.
+        group_ids (`list` of length N): group of each row (verl's per-step ``uid``).
+
+    Returns:
+        `dict[str, float]`: ``meds/groups/singleton_frac`` (fraction of rows alone in their group) and
+        ``meds/groups/flat_frac`` (fraction of rows in a group whose shaped rewards are all equal, singletons
+        included); both 0.0 for an empty step.
+    """
+    n = len(group_ids)
+    if n == 0:
+        return {"meds/groups/singleton_frac": 0.0, "meds/groups/flat_frac": 0.0}
+    sizes: dict = {}
+    for gid in group_ids:
+        sizes[gid] = sizes.get(gid, 0) + 1
+    singletons = sum(1 for gid in group_ids if sizes[gid] == 1)
+    flat = n - int(groups_with_signal(shaped, group_ids).sum())
+    return {"meds/groups/singleton_frac": singletons / n, "meds/groups/flat_frac": flat / n}
+
+
 def rollout_index(key: str) -> tuple:
     """``(session_id, index)`` parsed from verl's TransferQueue key ``"{uid}_{session_id}_{index}"``;
     ``(key,)`` when the key has another form."""
@@ -342,7 +365,7 @@ class MEDSTrainer(PPOTrainerSync):
         if step["keys"] != list(batch.keys):
             raise RuntimeError("MEDS: the batch changed between old_log_prob and advantage; penalties would misalign")
         lap = time.perf_counter()
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores"])
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores", "uid"])
         scores = list(data["rm_scores"].unbind())
         rewards = torch.stack([s.sum() for s in scores]).float()  # (N,)
         shaped, shaping_metrics = shape_rewards(
@@ -355,6 +378,7 @@ class MEDSTrainer(PPOTrainerSync):
         )
         metrics.update(shaping_metrics)
         metrics["meds/penalty/count"] = float((step["penalties"] > 0).sum())
+        metrics.update(group_degeneracy(shaped, list(data["uid"])))
         if self._filter_on_shaped:
             self._drop_flat_groups(batch, shaped, metrics)
         self._meds_lap("shaping", lap)
