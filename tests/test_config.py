@@ -61,7 +61,10 @@ def test_diff_needs_two_layers():
         (lambda: FeatureConfig(diff="yes"), r"FeatureConfig\.diff must be a bool"),
         (lambda: MemoryConfig(capacity=0), r"MemoryConfig\.capacity must be an integer >= 1, got 0"),
         (lambda: MemoryConfig(prompt_key=""), r"MemoryConfig\.prompt_key"),
-        (lambda: ClusterConfig(method="kmeans"), r"ClusterConfig\.method must be one of \['hdbscan', 'single'\]"),
+        (
+            lambda: ClusterConfig(method="kmeans"),
+            r"ClusterConfig\.method must be one of \['hdbscan', 'single', 'answer'\]",
+        ),
         (lambda: ClusterConfig(assignment="vote"), r"ClusterConfig\.assignment"),
         (lambda: ClusterConfig(min_cluster_size=1), r"min_cluster_size must be an integer >= 2, got 1"),
         (lambda: ClusterConfig(min_samples=0), r"min_samples must be an integer >= 1, got 0"),

@@ -12,13 +12,17 @@ Example:
 '\\frac{1}{2}'
 >>> extract_boxed(r"no box here") is None
 True
+>>> answer_key("1/2") == answer_key("0.5") == answer_key(r"\frac{1}{2}")
+True
 
 ```
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -191,3 +195,75 @@ def locate_answer_tokens(
         if index >= 0:
             answer_positions[n] = int(positions[index])
     return answer_positions
+
+
+ANSWER_KEY_VERSION = 1
+"""Version of the [`answer_key`] normalisation; stored with answer-keyed state so that a changed rule is noticed."""
+
+_KEY_STRIP = re.compile(r"(\s+|\\!|\\,|\\;|\\:|\\quad|\\qquad|\\left|\\right|\$)")
+_KEY_MAX_OPS = 200  # sympy.simplify is only tried on expressions this small (it can be slow on large ones)
+
+
+def _canonical_text(text: str) -> str:
+    r"""Whitespace, LaTeX spacing, `\left`/`\right` and `$` removed, `\dfrac`/`\tfrac` -> `\frac`, trailing `.` cut."""
+    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    return _KEY_STRIP.sub("", text).rstrip(".")
+
+
+@functools.lru_cache(maxsize=65536)
+def _symbolic_key(text: str) -> str | None:
+    """`"sym:" + str(canonical sympy form)` of `text` parsed by math-verify, or `None` when it parses to nothing."""
+    import sympy
+    from math_verify import parse
+
+    try:
+        parsed = parse(f"${text}$", parsing_timeout=None)
+    except Exception as exc:  # malformed LaTeX: the caller falls back to the string form
+        logger.debug("math-verify could not parse %r: %s", text, exc)
+        return None
+    expr = next((item for item in parsed if isinstance(item, sympy.Basic)), None)
+    if expr is None:
+        return None
+    try:
+        if getattr(expr, "is_number", False) and sympy.count_ops(expr) <= _KEY_MAX_OPS:
+            expr = sympy.simplify(expr)  # sqrt(8) -> 2*sqrt(2)
+        expr = sympy.nsimplify(expr, rational=True)  # floats -> exact rationals: 0.5 -> 1/2, 12.0 -> 12
+    except Exception as exc:  # sympy can refuse some objects (sets of intervals, relations); keep them as parsed
+        logger.debug("sympy could not simplify %r: %s", expr, exc)
+    return f"sym:{expr}"
+
+
+def answer_key(answer: str | None) -> str | None:
+    r"""
+    Canonical key of a final answer: equal keys mean the same answer, written in any form.
+
+    The answer is parsed by math-verify (`math_verify.parse` of `$answer$`, no timeout) into a sympy object, which is
+    then simplified when it is a number and has floats turned into exact rationals (`sympy.nsimplify(...,
+    rational=True)`); the key is `"sym:" + str(...)` of the result, so `"1/2"`, `"0.5"`, `"\frac{1}{2}"` and
+    `"\dfrac12"` share the key `"sym:1/2"`, and `"x+1"` and `"1+x"` share `"sym:x + 1"`. When math-verify parses
+    nothing, the key is `"str:"` + the text without whitespace, LaTeX spacing, `\left`/`\right`, `$` and a trailing
+    period. The rule is deterministic (no RNG, no timeouts), so keys stored in a checkpoint keep their meaning; it
+    is versioned by [`ANSWER_KEY_VERSION`]. Results are cached per text (LRU, 65,536 entries).
+
+    Deviation from math-verify's `verify`: the key is a canonical form, not a pairwise test, so it is transitive and
+    cheap but stricter: two answers that `verify` accepts only up to a numeric tolerance (`0.333` vs `1/3`) or only
+    after heavier simplification get different keys.
+
+    Args:
+        answer (`str` or `None`):
+            A final answer (the content of the last `\boxed{}`, see [`extract_boxed`]), or `None`.
+
+    Returns:
+        `str` or `None`: the key, or `None` when `answer` is `None` or blank (no answer).
+
+    Raises:
+        ValueError: if `answer` is neither a `str` nor `None`.
+    """
+    if answer is None:
+        return None
+    if not isinstance(answer, str):
+        raise ValueError(f"answer must be a str or None, got {type(answer).__name__} {answer!r}.")
+    text = _canonical_text(answer)
+    if not text:
+        return None
+    return _symbolic_key(text) or f"str:{text}"

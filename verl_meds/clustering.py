@@ -84,6 +84,11 @@ def _edge_cases(X: np.ndarray, cfg: ClusterConfig) -> tuple[np.ndarray, np.ndarr
     """Shared start of [`fit_labels`] and [`fit_labels_reference`]: prepared rows, labels pre-filled with `NOISE`
     (non-finite rows stay noise), and the indices of the rows to cluster; ``None`` when the labels are already final
     (`method="single"`, or fewer than `min_cluster_size` usable rows)."""
+    if cfg.method == "answer":
+        raise ValueError(
+            "ClusterConfig.method='answer' groups responses by answer key, not by features; use "
+            "verl_meds.memory.ErrorMemory with answer_keys instead of clustering feature vectors."
+        )
     rows, finite = prepare_rows(X, cfg.l2_normalize)
     labels = np.full(rows.shape[0], NOISE, dtype=np.int64)  # (M,)
     usable = np.flatnonzero(finite)
@@ -118,7 +123,8 @@ def fit_labels(X: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
         `np.ndarray` of shape `(M,)`, dtype int64: labels 0..K-1, or `NOISE` (-1).
 
     Raises:
-        ValueError: if `X` is not 2-D or has no columns.
+        ValueError: if `X` is not 2-D or has no columns, or `cfg.method` is `"answer"` (answer keys are grouped by
+            [`verl_meds.memory.ErrorMemory`], not clustered here).
     """
     rows, labels, usable = _edge_cases(X, cfg)
     if usable is None:

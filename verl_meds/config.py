@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 LAYER_PRESETS = ("last_half", "all", "last_n")
-CLUSTER_METHODS = ("hdbscan", "single")
+CLUSTER_METHODS = ("hdbscan", "single", "answer")
 ASSIGNMENTS = ("joint", "knn")
 # Metrics that `hdbscan.HDBSCAN` accepts with its default ("best") algorithm and that `knn_assign` implements.
 CLUSTER_METRICS = ("euclidean", "manhattan", "chebyshev")
@@ -216,15 +216,21 @@ class ClusterConfig:
     Parameters:
         > Parameters that control the clustering
 
-        method (`Literal["hdbscan", "single"]`, *optional*, defaults to `"hdbscan"`):
+        method (`Literal["hdbscan", "single", "answer"]`, *optional*, defaults to `"hdbscan"`):
             `"hdbscan"` clusters with HDBSCAN ([Campello et al. 2013](https://doi.org/10.1007/978-3-642-37456-2_14)).
             `"single"` treats every stored response of the prompt as one cluster (the "MEDS-single cluster" ablation,
             MEDS paper Table 2), so |C| counts all other stored and current responses of the same outcome.
+            `"answer"` keys the memory on the normalised final answer instead of features
+            (`verl_meds.answer.answer_key`: math-verify's parse, then a canonical sympy string): a cluster is the
+            set of responses of the prompt with the same answer, so "1/2", "0.5" and "\frac{1}{2}" are one cluster.
+            The feature, HDBSCAN and kNN fields are then unused, except `assignment` (see there).
         assignment (`Literal["joint", "knn"]`, *optional*, defaults to `"joint"`):
             `"joint"` clusters the stored history together with this step's new responses; |C| is the number of
             other members of the new response's cluster. `"knn"` follows the authors' order: a new response takes
             the majority label of its `knn_k` nearest stored responses (labels of the previous fit), |C| is the size
-            of that cluster in the history, and the history is refitted with the new responses included.
+            of that cluster in the history, and the history is refitted with the new responses included. With
+            `method="answer"`, `"joint"` counts the stored and the other new responses with the same answer, `"knn"`
+            only the stored ones.
         min_cluster_size (`int`, *optional*, defaults to `2`):
             HDBSCAN `min_cluster_size`; must be >= 2. A prompt with fewer usable responses has no clusters.
         min_samples (`int`, *optional*, defaults to `1`):
@@ -247,7 +253,7 @@ class ClusterConfig:
             vote goes to noise. Set through `MEDSConfig.reproduce_fork_faults`.
     """
 
-    method: Literal["hdbscan", "single"] = "hdbscan"
+    method: Literal["hdbscan", "single", "answer"] = "hdbscan"
     assignment: Literal["joint", "knn"] = "joint"
     min_cluster_size: int = 2
     min_samples: int = 1
@@ -420,8 +426,11 @@ class MEDSConfig:
         unless `layers == "last_n"`, since it has no effect otherwise.
 
         Returns:
-            `dict`: keys `layers`, `last_n`, `diff`, `final_norm`, `l2_normalize`.
+            `dict`: keys `layers`, `last_n`, `diff`, `final_norm`, `l2_normalize`; with `clustering.method="answer"`
+            (the memory holds answer keys, not features) the single key `memory_keys` with value `"answer"`.
         """
+        if self.clustering.method == "answer":
+            return {"memory_keys": "answer"}
         features = self.features
         layers = list(features.layers) if isinstance(features.layers, list) else features.layers
         return {
@@ -431,3 +440,94 @@ class MEDSConfig:
             "final_norm": features.final_norm,
             "l2_normalize": self.clustering.l2_normalize,
         }
+
+
+EXPLORATION_METHODS = ("historical", "batch")
+EXPLORATION_BASELINES = ("none", "mean", "constant")
+
+
+@dataclass
+class ExplorationConfig:
+    r"""
+    Outcome-based exploration (Song, Kempe, Munos 2025, [arXiv 2509.06941](https://huggingface.co/papers/2509.06941)):
+    an exploration bonus computed from the final answers only, added to the GRPO advantage of each response.
+
+    With answer key a_i of response i (`verl_meds.answer.answer_key`; a response without a final answer has the
+    outcome `verl_meds.exploration.NO_ANSWER`), N(x, a) the number of times answer a was sampled for prompt x in
+    earlier steps and G the group size (paper: n), the advantage of response i becomes
+    $\hat A_i + c\,\tilde b_i$ (paper, historical-exploration objective), with
+
+    - historical, `baseline="none"` (paper: UCB):
+      $\tilde b_i = b_{\mathrm{ucb}}(x, a_i) = \min\{1, \sqrt{1/N(x, a_i)}\}$;
+    - historical, `baseline="constant"` (paper: UCB-Con, its best historical variant):
+      $\tilde b_i = b_{\mathrm{ucb}}(x, a_i) - b_0$;
+    - historical, `baseline="mean"` (paper: UCB-Mean): $\tilde b_i = b_{\mathrm{ucb}}(x, a_i) - \frac{1}{G-1}
+      \sum_{j \ne i} b_{\mathrm{ucb}}(x, a_j)$ over the same group;
+    - batch (paper: Batch): $\tilde b_i = -\frac{1}{G} \sum_{j \ne i} \mathbf{1}\{a_i = a_j\}$.
+
+    `docs/paper_map.md` lists the sources of each formula and the choices the paper leaves open.
+
+    Parameters:
+        > Parameters that control the exploration bonus
+
+        enable (`bool`, *optional*, defaults to `False`):
+            Add the bonus to the advantages (after verl's estimator, before the policy loss).
+        method (`Literal["historical", "batch"]`, *optional*, defaults to `"historical"`):
+            `"historical"`: count-based bonus over all earlier steps (per prompt, checkpointed). `"batch"`: penalty
+            for answers repeated within the current group (no state).
+        bonus_coef (`float`, *optional*, defaults to `0.2`):
+            The coefficient c multiplying the bonus, >= 0 (the paper's value).
+        baseline (`Literal["none", "mean", "constant"]`, *optional*, defaults to `"constant"`):
+            Baseline subtracted from the historical bonus: `"none"` (UCB), `"mean"` (UCB-Mean, leave-one-out group
+            mean) or `"constant"` (UCB-Con, `baseline_value`). Unused by `method="batch"`.
+        baseline_value (`float`, *optional*, defaults to `0.5`):
+            The constant b_0 of UCB-Con, >= 0. The paper uses 0.5 on its medium dataset (an answer seen more than 4
+            times then gets a negative bonus) and 1.0 on its easy one (every repeated answer is penalised).
+
+        > Parameters that control which tokens and rows get the bonus
+
+        count_current_step (`bool`, *optional*, defaults to `False`):
+            Count this step's answers in N(x, a) before computing the bonus. With `False`, N counts earlier steps only
+            and an answer never seen before has N = 0, capped to a bonus of 1 by the min.
+        skip_all_correct (`bool`, *optional*, defaults to `True`):
+            Give no bonus to a group whose responses are all correct (its task advantage is 0 everywhere).
+        mask_answer_tokens (`bool`, *optional*, defaults to `True`):
+            Add the bonus only to the tokens before the final answer (from the first token of the last `\boxed{`
+            content on, tokens keep their task advantage), so the policy cannot earn it by changing the final answer
+            alone. Responses without a located answer get the bonus on every token.
+        prompt_key (`str`, *optional*, defaults to `"index"`):
+            Dataset field (`extra_info`) holding a stable prompt id for the historical counts; prompts without it are
+            keyed by a hash of their token ids.
+    """
+
+    enable: bool = False
+    method: Literal["historical", "batch"] = "historical"
+    bonus_coef: float = 0.2
+    baseline: Literal["none", "mean", "constant"] = "constant"
+    baseline_value: float = 0.5
+    count_current_step: bool = False
+    skip_all_correct: bool = True
+    mask_answer_tokens: bool = True
+    prompt_key: str = "index"
+
+    def __post_init__(self) -> None:
+        _check_bool("ExplorationConfig", "enable", self.enable)
+        _check_choice("ExplorationConfig", "method", self.method, EXPLORATION_METHODS)
+        _check_float("ExplorationConfig", "bonus_coef", self.bonus_coef, 0.0)
+        _check_choice("ExplorationConfig", "baseline", self.baseline, EXPLORATION_BASELINES)
+        _check_float("ExplorationConfig", "baseline_value", self.baseline_value, 0.0)
+        _check_bool("ExplorationConfig", "count_current_step", self.count_current_step)
+        _check_bool("ExplorationConfig", "skip_all_correct", self.skip_all_correct)
+        _check_bool("ExplorationConfig", "mask_answer_tokens", self.mask_answer_tokens)
+        if not isinstance(self.prompt_key, str) or not self.prompt_key:
+            raise ValueError(f"ExplorationConfig.prompt_key must be a non-empty string, got {self.prompt_key!r}.")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> ExplorationConfig:
+        """
+        Build a config from a plain dict (a trainer config's top-level `exploration` block).
+
+        Raises:
+            ValueError: on an unknown key (the message lists the valid keys) or an invalid value.
+        """
+        return _build(cls, d, "ExplorationConfig")

@@ -1,4 +1,4 @@
-"""Metric names (`meds/<group>/<stat>`) and reducers that are safe on empty input.
+"""Metric names (`meds/<group>/<stat>`, `explore/<stat>`) and reducers that are safe on empty input.
 
 Core functions return `(output, metrics: dict[str, float])`; only the integrations send metrics to a logger.
 [`METRIC_DESCRIPTIONS`] holds the one-line description of every name, the source of `docs/metrics.md`.
@@ -35,6 +35,17 @@ REWARD_RAW_MEAN = "meds/reward/raw_mean"
 REWARD_SHAPED_MEAN = "meds/reward/shaped_mean"
 REWARDS_NONFINITE_FRAC = "meds/rewards/nonfinite_frac"
 
+# Outcome-based exploration (verl_meds.exploration), group `explore/`.
+EXPLORE_BONUS_MEAN = "explore/bonus_mean"
+EXPLORE_BONUS_MIN = "explore/bonus_min"
+EXPLORE_BONUS_MAX = "explore/bonus_max"
+EXPLORE_ACTIVE_FRAC = "explore/active_frac"
+EXPLORE_DISTINCT_ANSWERS = "explore/distinct_answers"
+EXPLORE_NO_ANSWER_FRAC = "explore/no_answer_frac"
+EXPLORE_NEW_ANSWER_FRAC = "explore/new_answer_frac"
+EXPLORE_COUNTS_NUM_PROMPTS = "explore/counts/num_prompts"
+EXPLORE_COUNTS_NUM_ANSWERS = "explore/counts/num_answers"
+
 METRIC_DESCRIPTIONS: dict[str, str] = {
     MEMORY_NUM_PROMPTS: "Distinct prompt ids with at least one stored entry (any outcome), after this step.",
     MEMORY_NUM_ENTRIES: "Stored feature vectors over all prompts and outcomes, after this step.",
@@ -52,6 +63,15 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     REWARD_RAW_MEAN: "Mean raw reward (non-finite rewards counted as 0).",
     REWARD_SHAPED_MEAN: "Mean shaped reward.",
     REWARDS_NONFINITE_FRAC: "Fraction of rollouts whose raw reward was NaN or inf (treated as 0).",
+    EXPLORE_BONUS_MEAN: "Outcome exploration: mean of c * bonus added to the rollouts' advantages (0 where gated).",
+    EXPLORE_BONUS_MIN: "Outcome exploration: smallest c * bonus of the step (negative: a repeated answer penalised).",
+    EXPLORE_BONUS_MAX: "Outcome exploration: largest c * bonus of the step.",
+    EXPLORE_ACTIVE_FRAC: "Outcome exploration: fraction of rollouts not gated off (their group is not all correct).",
+    EXPLORE_DISTINCT_ANSWERS: "Outcome exploration: distinct answer keys per group (no answer counts as one), mean.",
+    EXPLORE_NO_ANSWER_FRAC: "Outcome exploration: fraction of rollouts without a final answer (outcome NO_ANSWER).",
+    EXPLORE_NEW_ANSWER_FRAC: "Historical exploration: fraction of rollouts whose answer the prompt never had before.",
+    EXPLORE_COUNTS_NUM_PROMPTS: "Historical exploration: prompts with counted answers N(x, a), after this step.",
+    EXPLORE_COUNTS_NUM_ANSWERS: "Historical exploration: distinct (prompt, answer) pairs counted, after this step.",
 }
 
 

@@ -42,7 +42,7 @@ BAD_VALUES = [
     ("memory", "capacity", 1.5, "integer >= 1"),
     ("memory", "prompt_key", "", "non-empty string"),
     ("memory", "prompt_key", 3, "non-empty string"),
-    ("clustering", "method", "kmeans", "['hdbscan', 'single']"),
+    ("clustering", "method", "kmeans", "['hdbscan', 'single', 'answer']"),
     ("clustering", "assignment", "vote", "['joint', 'knn']"),
     ("clustering", "min_cluster_size", 1, "integer >= 2"),
     ("clustering", "min_samples", 0, "integer >= 1"),

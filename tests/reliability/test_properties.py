@@ -237,7 +237,8 @@ def meds_configs(draw) -> tuple[MEDSConfig, int]:
             "features": {"layers": list(range(1, num_layers + 1)), "diff": num_layers >= 2 and draw(st.booleans())},
             "memory": {"capacity": draw(st.integers(1, 12))},
             "clustering": {
-                "method": draw(st.sampled_from(CLUSTER_METHODS)),
+                # Answer-keyed memory has no features to draw; tests/test_memory_answer.py covers it.
+                "method": draw(st.sampled_from([m for m in CLUSTER_METHODS if m != "answer"])),
                 "assignment": assignment,
                 "fork_faults": assignment == "knn" and draw(st.booleans()),  # the authors' kNN faults
                 "min_cluster_size": draw(st.integers(2, 4)),

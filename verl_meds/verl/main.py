@@ -24,7 +24,7 @@ def prepare(config: DictConfig) -> DictConfig:
     """Set up the process for ``config`` and validate it (no Ray start). Returns the same, completed config.
 
     Raises:
-        ValueError: for an invalid ``meds`` block (names the field, the value and what is allowed).
+        ValueError: for an invalid ``meds`` or ``exploration`` block (names the field, the value and what is allowed).
         RuntimeError: when the verl_meds registration with verl is incomplete.
     """
     from verl_meds.verl import cpu
@@ -50,6 +50,9 @@ def prepare(config: DictConfig) -> DictConfig:
     from verl_meds.verl.trainer import meds_config_from_trainer_config
 
     meds = meds_config_from_trainer_config(config)  # validates; raises ValueError naming the bad field
+    from verl_meds.verl.explore import exploration_config_from_trainer_config
+
+    exploration_config_from_trainer_config(config)  # the same for the `exploration` block
     model_path = os.path.expanduser(str(config.actor_rollout_ref.model.path))
     if meds.enable and os.path.isdir(model_path):
         # Layer numbers that the model does not have fail here, before Ray starts (hub ids are checked at start-up).

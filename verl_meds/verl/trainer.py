@@ -12,7 +12,16 @@ Per step, in verl's own order (``_step_once``), MEDS adds:
 3. **checkpoints**: the memory is written atomically into each ``global_step_N`` folder *before* verl writes its
    ``latest_checkpointed_iteration.txt``, and restored on resume (a config whose features differ is refused).
 
-With ``meds.enable=false`` the trainer is verl's ``PPOTrainerSync`` unchanged (the baselines' code path).
+With ``meds.clustering.method=answer`` the memory is keyed by the normalised final answer of each response
+(:func:`verl_meds.answer.answer_key` of the decoded response's last ``\\boxed{}``) instead of its logit-lens features;
+features are then not captured at all, unless ``meds_dump`` is on (the dump then holds both, for comparing the two).
+
+The same trainer also runs outcome-based exploration (top-level ``exploration`` block, :mod:`verl_meds.verl.explore`):
+after verl's estimator, :meth:`MEDSTrainer._add_exploration_bonus` adds the historical or batch bonus to the
+advantages; historical answer counts are checkpointed like the memory (``explore_counts.pkl``).
+
+With ``meds.enable=false`` (and exploration off) the trainer is verl's ``PPOTrainerSync`` unchanged (the baselines'
+code path).
 Nothing of verl's long methods is copied: each override adds its work and calls ``super()``.
 """
 
@@ -34,12 +43,22 @@ from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
 
 from verl_meds.answer import locate_answer_tokens
 from verl_meds.config import MEDSConfig
+from verl_meds.exploration import AnswerCounts
 from verl_meds.features import finalize_features
 from verl_meds.memory import ErrorMemory
 from verl_meds.shaping import penalty_from_cluster_sizes, shape_rewards
-from verl_meds.verl.checkpoint import load_memory, memory_path, save_memory
+from verl_meds.verl.checkpoint import (
+    COUNTS_FORMAT,
+    counts_path,
+    load_memory,
+    load_state,
+    memory_path,
+    save_memory,
+    save_state,
+)
 from verl_meds.verl.dump import AnalysisDump, DumpConfig
 from verl_meds.verl.entropy_adv import EntropyAdvantageConfig, entropy_advantage
+from verl_meds.verl.explore import exploration_config_from_trainer_config, explore_advantages, response_answer_keys
 from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY, MEDSActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
@@ -49,6 +68,9 @@ SHAPED_FILTER_METRIC = "meds_shaped"
 
 RESTORE_RECORD = "meds_memory_restored.json"
 """Written into ``trainer.default_local_dir`` on resume: which memory file was restored, and its SHA-256."""
+
+COUNTS_RESTORE_RECORD = "explore_counts_restored.json"
+"""Like ``RESTORE_RECORD``, for the answer counts of historical exploration."""
 
 
 def meds_config_from_trainer_config(config: DictConfig) -> MEDSConfig:
@@ -228,6 +250,8 @@ class MEDSTrainer(PPOTrainerSync):
         self.meds_layers = self.meds_config.features.resolve_layers(model_num_layers(config))
         self._meds_step: dict | None = None
         self.entropy_adv_config = entropy_adv_config_from_trainer_config(config)
+        self.explore_config = exploration_config_from_trainer_config(config)
+        self.explore_counts = AnswerCounts()
         block = config.get("meds_dump", None)
         self.dump_config = DumpConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block else None)
         self.dump = None
@@ -270,28 +294,42 @@ class MEDSTrainer(PPOTrainerSync):
         answer_token = torch.where(
             has_answer, responses.gather(1, answer_index.clamp(min=0).unsqueeze(1)).squeeze(1), 0
         )
-        tq.kv_batch_put(
-            keys=batch.keys,
-            partition_id=batch.partition_id,
-            fields=tq_fields({PRED_POS_KEY: pred_pos, ANSWER_TOKEN_KEY: answer_token}, len(batch)),
-        )
-        batch.extra_info.update(
-            {
-                "meds_capture": True,
-                "meds_layers": list(self.meds_layers),
-                "meds_final_norm": self.meds_config.features.final_norm,
-            }
-        )
+        keyed = self.meds_memory.keyed_by_answer
+        capture = not keyed or self.dump is not None  # answer keys need no features; the dump keeps both
+        if capture:
+            tq.kv_batch_put(
+                keys=batch.keys,
+                partition_id=batch.partition_id,
+                fields=tq_fields({PRED_POS_KEY: pred_pos, ANSWER_TOKEN_KEY: answer_token}, len(batch)),
+            )
+            batch.extra_info.update(
+                {
+                    "meds_capture": True,
+                    "meds_layers": list(self.meds_layers),
+                    "meds_final_norm": self.meds_config.features.final_norm,
+                }
+            )
         self._meds_lap("prepare", lap)
         try:
             batch = super()._compute_old_log_prob(batch, metrics)
         finally:
             batch.extra_info["meds_capture"] = False
         lap = time.perf_counter()
-        out = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[FEATURES_KEY])
-        raw = out[FEATURES_KEY].to_padded_tensor(padding=float("nan"))  # (N, L_sel)
+        if capture:
+            out = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[FEATURES_KEY])
+            raw = out[FEATURES_KEY].to_padded_tensor(padding=float("nan"))  # (N, L_sel)
+        else:
+            raw = torch.full((len(prompts), len(self.meds_layers)), float("nan"))  # (N, L_sel), nothing captured
         features = finalize_features(raw, self.meds_config.features.diff).numpy()  # (N, F)
-        valid = has_answer.numpy() & np.isfinite(features).all(axis=1)
+        has_feature = has_answer.numpy() & np.isfinite(features).all(axis=1)
+        valid = has_feature
+        answer_keys = None
+        if keyed:
+            texts = [
+                self.tokenizer.decode(r[m.bool()].tolist()) for r, m in zip(responses, response_mask, strict=True)
+            ]
+            answer_keys = response_answer_keys(texts)
+            valid = np.array([key is not None for key in answer_keys], dtype=bool)
         lap = self._meds_lap("features", lap)
 
         extra_infos = list(data["extra_info"]) if "extra_info" in data.keys() else [None] * len(prompts)
@@ -302,7 +340,11 @@ class MEDSTrainer(PPOTrainerSync):
         tiebreak = content_tiebreak(responses, response_mask, features)
         order = canonical_order(prompt_ids, list(batch.keys), tiebreak=tiebreak)
         sorted_sizes, memory_metrics = self.meds_memory.step(
-            [prompt_ids[r] for r in order], features[order].astype(np.float32), valid[order], correct[order]
+            [prompt_ids[r] for r in order],
+            features[order].astype(np.float32),
+            valid[order],
+            correct[order],
+            answer_keys=[answer_keys[r] for r in order] if keyed else None,
         )
         sizes = np.empty_like(sorted_sizes)
         sizes[order] = sorted_sizes
@@ -322,7 +364,7 @@ class MEDSTrainer(PPOTrainerSync):
                 correct,
                 [str(i.get("pred") or "") for i in infos],
                 features,
-                valid,
+                has_feature,
                 sizes,
                 penalties.numpy(),
                 texts,
@@ -335,8 +377,42 @@ class MEDSTrainer(PPOTrainerSync):
     # ------------------------------------------------------------------ 2. shaped rewards -> advantage
     def _compute_advantage(self, batch, metrics: dict):
         batch = self._compute_shaped_advantage(batch, metrics)
+        if self.explore_config.enable:
+            batch = self._add_exploration_bonus(batch, metrics)
         if self.entropy_adv_config.enable:
             batch = self._add_entropy_bonus(batch, metrics)
+        return batch
+
+    def _add_exploration_bonus(self, batch, metrics: dict):
+        """Outcome-based exploration: ``c * bonus`` on verl's per-token advantages, see :mod:`verl_meds.verl.explore`.
+
+        Adds ``timing_s/meds_explore``. The historical counts change here, once per step, in the driver process.
+        """
+        lap = time.perf_counter()
+        fields = ["prompts", "responses", "response_mask", "extra_info", "extra_fields", "uid", "advantages"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        prompts = list(data["prompts"].unbind())
+        response_mask_nested = data["response_mask"]
+        extra_infos = list(data["extra_info"]) if "extra_info" in data.keys() else [None] * len(prompts)
+        advantages, explore_metrics = explore_advantages(
+            self.explore_config,
+            self.explore_counts,
+            self.tokenizer,
+            stable_prompt_ids(extra_infos, prompts, self.explore_config.prompt_key),
+            list(data["uid"]),
+            data["responses"].to_padded_tensor(padding=self.tokenizer.pad_token_id or 0),  # (N, T)
+            response_mask_nested.to_padded_tensor(padding=0),  # (N, T)
+            data["advantages"].to_padded_tensor(padding=0.0),  # (N, T)
+            np.array([_accuracy(f) for f in data["extra_fields"]], dtype=bool),
+        )
+        from verl.workers.utils.padding import response_to_nested
+
+        nested = response_to_nested(advantages, response_mask_nested)
+        tq.kv_batch_put(
+            keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields({"advantages": nested}, len(batch))
+        )
+        metrics.update(explore_metrics)
+        self._meds_lap("explore", lap)
         return batch
 
     def _add_entropy_bonus(self, batch, metrics: dict):
@@ -421,15 +497,22 @@ class MEDSTrainer(PPOTrainerSync):
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields(masks, len(batch)))
 
     # ------------------------------------------------------------------ 3. checkpoints
+    @property
+    def _counts_enabled(self) -> bool:
+        """Whether this run keeps historical answer counts (exploration on, method ``historical``)."""
+        return self.explore_config.enable and self.explore_config.method == "historical"
+
     def _save_checkpoint(self):
+        folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
         if self.meds_enabled:
-            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
             save_memory(self.meds_memory, memory_path(folder), self.global_steps)
+        if self._counts_enabled:
+            save_state(self.explore_counts, counts_path(folder), self.global_steps, COUNTS_FORMAT)
         super()._save_checkpoint()
 
     def _load_checkpoint(self):
         super()._load_checkpoint()
-        if not self.meds_enabled or self.global_steps == 0:
+        if self.global_steps == 0 or not (self.meds_enabled or self._counts_enabled):
             return
         if self.config.trainer.resume_mode == "resume_path":
             folder = self.config.trainer.resume_from_path
@@ -437,6 +520,10 @@ class MEDSTrainer(PPOTrainerSync):
             folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
         if not os.path.isabs(folder):
             folder = os.path.join(os.getcwd(), folder)
+        if self._counts_enabled:
+            self._restore_explore_counts(folder)
+        if not self.meds_enabled:
+            return
         path = memory_path(folder)
         if not os.path.exists(path):
             raise FileNotFoundError(
@@ -452,6 +539,22 @@ class MEDSTrainer(PPOTrainerSync):
             "num_entries": self.meds_memory.num_entries,
         }
         with open(os.path.join(self.config.trainer.default_local_dir, RESTORE_RECORD), "w", encoding="utf-8") as f:
+            json.dump(record, f)
+
+    def _restore_explore_counts(self, folder: str) -> None:
+        """Historical exploration: restore N(x, a) from ``folder``; a checkpoint without counts is refused."""
+        path = counts_path(folder)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"exploration: resuming from {folder} but it has no answer counts ({os.path.basename(path)}); "
+                "historical exploration would silently restart from N(x, a) = 0. Resume from a checkpoint of the "
+                "same method or set exploration.enable=false."
+            )
+        digest = load_state(self.explore_counts, path, COUNTS_FORMAT)
+        logger.info("Exploration answer counts restored from %s (%d answers)", path, self.explore_counts.num_answers)
+        record = {"global_step": self.global_steps, "path": path, "sha256": digest}
+        record_path = os.path.join(self.config.trainer.default_local_dir, COUNTS_RESTORE_RECORD)
+        with open(record_path, "w", encoding="utf-8") as f:
             json.dump(record, f)
 
 

@@ -1,0 +1,74 @@
+"""Outcome-based exploration (Song, Kempe, Munos 2025, https://huggingface.co/papers/2509.06941) in verl.
+
+:class:`verl_meds.verl.trainer.MEDSTrainer` calls :func:`explore_advantages` in verl's ``adv`` stage, right after
+verl's estimator wrote the GRPO advantages and before the policy loss, when the top-level ``exploration`` block is
+enabled (``exploration.enable=true``; methods ``explore_hist`` and ``explore_batch`` of the recipes). Per step:
+
+1. decode each response, take the content of its last ``\\boxed{}`` and turn it into an answer key
+   (:func:`verl_meds.answer.answer_key`; no closed box -> :data:`verl_meds.exploration.NO_ANSWER`);
+2. compute ``c * bonus`` per response (:func:`verl_meds.exploration.exploration_bonus`; historical exploration
+   reads and updates the per-prompt answer counts N(x, a), which the trainer checkpoints next to the model);
+3. add it to the per-token advantages before the answer's first token
+   (:func:`verl_meds.exploration.apply_bonus_to_advantages`).
+
+Nothing here needs the actor workers: the answer keys come from the decoded responses, not from hidden states.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from verl_meds.answer import TokenizerLike, answer_key, extract_boxed, locate_answer_tokens
+from verl_meds.config import ExplorationConfig
+from verl_meds.exploration import NO_ANSWER, AnswerCounts, apply_bonus_to_advantages, exploration_bonus
+
+
+def exploration_config_from_trainer_config(config: DictConfig) -> ExplorationConfig:
+    """The validated :class:`ExplorationConfig` of a trainer config's top-level ``exploration`` block.
+
+    Raises:
+        ValueError: for unknown keys or invalid values (the message names the field, the value and what is allowed).
+    """
+    block = config.get("exploration", None)
+    return ExplorationConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
+
+
+def response_answer_keys(texts: list[str]) -> list[str | None]:
+    """Answer key of each decoded response (content of its last closed ``\\boxed{}``), ``None`` when it has none."""
+    return [answer_key(extract_boxed(text)) for text in texts]
+
+
+def explore_advantages(
+    config: ExplorationConfig,
+    counts: AnswerCounts,
+    tokenizer: TokenizerLike,
+    prompt_ids: list[str],
+    group_ids: list,
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+    advantages: torch.Tensor,
+    correct,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Advantages with the exploration term added, and the ``explore/*`` metrics; updates ``counts``.
+
+    Args:
+        config (`ExplorationConfig`): the ``exploration`` block.
+        counts (`AnswerCounts`): N(x, a) so far (historical method), updated in place.
+        tokenizer (`TokenizerLike`): decodes response ids.
+        prompt_ids (`list[str]` of length N): stable prompt id of each response (``stable_prompt_ids``).
+        group_ids (`list` of length N): verl's per-step ``uid`` of each response.
+        responses (`torch.Tensor` of shape `(N, T)`, int): response ids, padded.
+        response_mask (`torch.Tensor` of shape `(N, T)`): 1 on response tokens.
+        advantages (`torch.Tensor` of shape `(N, T)`, float): verl's advantages.
+        correct (`np.ndarray` of shape `(N,)`, bool): whether each response was graded correct.
+
+    Returns:
+        `tuple`: advantages `(N, T)` (dtype of ``advantages``) and metrics.
+    """
+    texts = [tokenizer.decode(row[mask.bool()].tolist()) for row, mask in zip(responses, response_mask, strict=True)]
+    keys = [key if key is not None else NO_ANSWER for key in response_answer_keys(texts)]
+    bonus, metrics = exploration_bonus(config, counts, prompt_ids, keys, group_ids, correct)  # (N,)
+    answer_index = locate_answer_tokens(responses, response_mask, tokenizer) if config.mask_answer_tokens else None
+    shaped = apply_bonus_to_advantages(advantages, response_mask, torch.from_numpy(bonus), answer_index)  # (N, T)
+    return shaped, metrics
