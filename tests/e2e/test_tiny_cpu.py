@@ -165,13 +165,67 @@ VARIANT_FEATURES = {
 }
 
 
-@pytest.mark.parametrize("method", sorted(VARIANT_FEATURES))
+# Answer-keyed MEDS and outcome-based exploration (arXiv 2509.06941): the metrics each of their steps must log.
+OUTCOME_METRICS = ("explore/bonus_mean", "explore/bonus_min", "explore/bonus_max", "explore/distinct_answers")
+OUTCOME_METHODS = {
+    "meds_answer": (
+        "meds/penalty/mean",
+        "meds/memory/num_entries",
+        "meds/cluster_size/max",
+        "meds/features/missing_frac",
+    ),
+    "explore_hist": (*OUTCOME_METRICS, "explore/new_answer_frac", "explore/counts/num_answers"),
+    "explore_batch": OUTCOME_METRICS,
+}
+ROLLOUTS_PER_STEP = 8 * 8  # tiny_cpu: data.train_batch_size x rollout.n, no dynamic sampling on GRPO
+
+
+def check_outcome_method(method: str, steps: dict, checkpoint: Path) -> None:
+    """What the answer-keyed memory and the exploration counts left in the metrics and in global_step_2."""
+    from verl_meds.verl.checkpoint import COUNTS_FORMAT, counts_path, read_memory_state, read_state
+
+    for step in (1, 2):
+        for name in OUTCOME_METHODS[method]:
+            assert name in steps[step], f"{name} missing at step {step}"
+    if method == "meds_answer":
+        state = read_memory_state(str(checkpoint / "meds_memory.pkl"))
+        assert state["fingerprint"] == {"memory_keys": "answer"} and state["num_features"] is None
+        assert all(
+            "features" not in b and all(k.startswith(("sym:", "str:")) for k in b["answer_keys"])
+            for b in state["buffers"]
+        )
+        assert sum(len(b["answer_keys"]) for b in state["buffers"]) == steps[2]["meds/memory/num_entries"]
+        return
+    for step in (1, 2):
+        assert not any(k.startswith("meds/") for k in steps[step]), "exploration runs without MEDS"
+        assert (
+            steps[step]["explore/bonus_min"] <= steps[step]["explore/bonus_mean"] <= steps[step]["explore/bonus_max"]
+        )
+    if method == "explore_hist":
+        # UCB-Con, c = 0.2, b_0 = 0.5: every bonus lies in c * [0 - b_0, 1 - b_0].
+        assert all(
+            -0.1 - 1e-6 <= steps[s]["explore/bonus_min"] and steps[s]["explore/bonus_max"] <= 0.1 + 1e-6
+            for s in (1, 2)
+        )
+        counts = read_state(counts_path(str(checkpoint)), COUNTS_FORMAT)["counts"]
+        assert sum(len(answers) for answers in counts.values()) == steps[2]["explore/counts/num_answers"]
+        assert sum(sum(answers.values()) for answers in counts.values()) == 2 * ROLLOUTS_PER_STEP
+    else:
+        # The batch bonus is a penalty: never positive; no counts are kept.
+        assert all(steps[s]["explore/bonus_max"] <= 0.0 for s in (1, 2))
+        assert not os.path.exists(counts_path(str(checkpoint)))
+
+
+@pytest.mark.parametrize("method", sorted(VARIANT_FEATURES) + sorted(OUTCOME_METHODS))
 def test_meds_variants_train(ray_cluster, assets, tmp_path, method):
     from verl_meds.verl.checkpoint import read_memory_state
 
     out = tmp_path / method
     steps = train(method, out, assets, steps=2, extra=["trainer.save_freq=2"])
     assert sorted(steps) == [1, 2]
+    if method in OUTCOME_METHODS:
+        check_outcome_method(method, steps, out / "checkpoints" / "global_step_2")
+        return
     for step in (1, 2):
         for name in ("meds/penalty/mean", "meds/frac_penalized", "meds/memory/num_entries", "meds/cluster_size/max"):
             assert name in steps[step], f"{name} missing at step {step}"
@@ -212,3 +266,33 @@ def test_meds_on_gsm8k(ray_cluster, assets, tmp_path):
     )
     assert sorted(steps) == [1, 2]
     assert "meds/memory/num_prompts" in steps[2] and "meds/penalty/mean" in steps[2]
+
+
+def test_error_collapse_experiment_smoke(ray_cluster, assets, tmp_path):
+    """The science experiment's own path (`verl_meds.analysis.experiment`): the shared start-point validation, one
+    observe-only baseline through real verl, then the measurements and the report, at the smallest budget."""
+    from verl_meds.analysis import experiment as ex
+
+    cfg = ex.ExperimentConfig(
+        out=str(tmp_path / "science"), methods=["dapo"], seeds=[0], steps=2, val_n=2, train_problems=8, cache=None
+    )
+    results = ex.run_experiment(cfg)
+    assert [(r["method"], r["status"]) for r in results] == [(ex.START, "ok"), ("dapo", "ok")], results
+    questions = ex.load_questions(tmp_path / "science" / "data" / "train_8.parquet")
+    assert len(questions) == 8
+    collected = ex.report_from_runs(cfg.out, questions)
+    dapo = collected["dapo"][0]["measured"]
+    assert [s["step"] for s in dapo["train"]] == [1.0, 2.0]
+    assert [v["step"] for v in dapo["val"]] == [2.0] and 0.0 <= dapo["val"][0]["pass@2"] <= 1.0
+    assert [v["step"] for v in collected[ex.START][0]["measured"]["val"]] == [0.0]
+    assert dapo["val"][0]["num_problems"] == 64.0
+    # Observe-only: features are captured and clustered, but no reward changes.
+    assert all(s["penalised"] == 0.0 for s in dapo["train"])
+    assert all(0.0 <= s["accuracy"] <= 1.0 and "eigen_ratio" in s for s in dapo["train"])
+    from verl_meds.verl.summary import read_metrics
+
+    for metrics in read_metrics(str(ex.run_dir(cfg.out, "dapo", 0))).values():
+        assert metrics["meds/reward/shaped_mean"] == pytest.approx(metrics["meds/reward/raw_mean"])
+        assert metrics["meds/penalty/max"] == 0.0
+    table = (tmp_path / "science" / "table.md").read_text()
+    assert "| DAPO | 1 |" in table and "| Start (warm-start model, step 0) | 1 |" in table
