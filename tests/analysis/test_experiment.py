@@ -182,6 +182,8 @@ def test_report_writes_table_with_intervals_paired_differences_and_plots(tmp_pat
     assert "| GRPO | 0 (+1 failed) |" in table
     for seed, value in enumerate(meds):
         assert f"| MEDS (DAPO) | {seed} | {value:.3f} |" in table
+    # Every wrong held-out sample of the fabricated runs is wrong_order: the pooled mode mix says so.
+    assert "| DAPO | 36 | 1.000 |" in table and "| wrong_order |" in table.replace("| method | wrong samples ", "")
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["meds_dapo"]["2"]["summary"]["pass@1"] == pytest.approx(meds[2])
     for name in ex.PLOTS:

@@ -347,6 +347,7 @@ def validation_step_metrics(val_dir: Path, ks: Sequence[int]) -> list[dict[str, 
             entry[f"pass@{k}"] = float(value)
         labels = {q: [mode_label(q, pred) for ok, pred in v if not ok] for q, v in samples.items()}
         entry.update(_group_mode_stats(labels))
+        entry["mode_counts"] = dict(Counter(label for group in labels.values() for label in group))
         out.append(entry)
     return out
 
@@ -477,8 +478,39 @@ def table_markdown(collected: Mapping[str, Any]) -> str:
         text += (
             f"\n### Paired difference against {label_of(BASELINE)} (same seed)\n\n" + head + "\n".join(paired) + "\n"
         )
+    text += "\n" + mode_mix_markdown(collected)
     text += "\n### Per-seed values\n\n" + head.replace("| seeds |", "| seed |") + "\n".join(per_seed) + "\n"
     return text
+
+
+def mode_mix_markdown(collected: Mapping[str, Any]) -> str:
+    """Markdown: share of each error mode among the wrong held-out samples of the last validation, pooled over
+    seeds, one row per method (the global picture behind the per-problem collapse share)."""
+    totals: dict[str, Counter] = {}
+    for method, runs in collected.items():
+        counter: Counter = Counter()
+        for run in runs.values():
+            val = run.get("measured", {}).get("val", [])
+            if val:
+                counter.update(val[-1].get("mode_counts", {}))
+        if counter:
+            totals[method] = counter
+    if not totals:
+        return ""
+    modes = sorted({m for c in totals.values() for m in c}, key=lambda m: (-sum(c[m] for c in totals.values()), m))
+    head = "| method | wrong samples | " + " | ".join(modes) + " |\n|---|---|" + "---|" * len(modes) + "\n"
+    rows = []
+    for method, counter in totals.items():
+        total = sum(counter.values())
+        rows.append(
+            f"| {label_of(method)} | {total} | " + " | ".join(f"{counter[m] / total:.3f}" for m in modes) + " |"
+        )
+    return (
+        "### Error-mode mix of the wrong held-out samples (last validation, pooled over seeds)\n\n"
+        + head
+        + "\n".join(rows)
+        + "\n"
+    )
 
 
 def _curves(
