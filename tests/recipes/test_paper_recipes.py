@@ -15,8 +15,10 @@ pytestmark = pytest.mark.requires_verl
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "recipes" / "meds" / "config"
 SETUPS = sorted(p.stem for p in (CONFIG_DIR / "setup").glob("*.yaml") if not p.stem.startswith("_"))
 METHODS = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
-# Decoder layers of each setup's model (tiny: data_prep.tiny_model; Qwen: the models' published configs).
-DEPTH = {"tiny_cpu": 8, "qwen3_1p7b": 28, "qwen25_math_7b": 28, "qwen3_8b": 36}
+# Decoder layers of each setup's model (tiny: data_prep.tiny_model; SmolLM2-135M and Qwen: published configs).
+DEPTH = {"tiny_cpu": 8, "smollm2_cpu": 30, "qwen3_1p7b": 28, "qwen25_math_7b": 28, "qwen3_8b": 36}
+# CPU setups take data and model paths from their recipe script; GPU setups have defaults.
+CPU_SETUPS = {"tiny_cpu", "smollm2_cpu"}
 
 
 def compose(setup: str, method: str):
@@ -26,7 +28,7 @@ def compose(setup: str, method: str):
 
     GlobalHydra.instance().clear()
     overrides = [f"setup={setup}", f"method={method}"]
-    if setup == "tiny_cpu":
+    if setup in CPU_SETUPS:
         overrides += [
             "data.train_files=train.parquet",
             "data.val_files=test.parquet",
@@ -79,7 +81,14 @@ def test_recipe_composes_and_validates(setup, method, monkeypatch):
     dapo_like = method in {"dapo"} or (method.startswith("meds") and method != "meds_grpo")
     assert config.algorithm.filter_groups.enable == dapo_like
     assert config.actor_rollout_ref.actor.clip_ratio_high == (0.28 if dapo_like else 0.2)
-    if setup != "tiny_cpu":
+    if setup == "smollm2_cpu":
+        # Inherits the tiny setup's CPU settings; only sizes and the model differ.
+        assert config.trainer.device == "cpu" and config.actor_rollout_ref.rollout.name == "hf"
+        assert config.data.train_batch_size == 4 and config.actor_rollout_ref.rollout.n == 8
+        assert config.data.max_response_length == 64
+        assert config.reward.reward_kwargs.max_resp_len == 64
+        assert config.trainer.default_local_dir.endswith(f"smollm2_cpu/{method}/checkpoints")
+    if setup not in CPU_SETUPS:
         assert config.data.train_batch_size == 512 and config.actor_rollout_ref.rollout.n == 16
         assert config.data.max_response_length == 3072
         assert config.actor_rollout_ref.actor.optim.lr == pytest.approx(1e-6)
