@@ -271,7 +271,8 @@ class MEDSTrainer(PPOTrainerSync):
     def _meds_lap(self, name: str, start: float) -> float:
         """Add the seconds since ``start`` to this step's ``timing_s/meds_<name>`` (verl's timing metrics); returns
         ``time.perf_counter()``. Stages: ``prepare`` (answer positions, before the log-prob call), ``features``
-        (reading them back), ``memory`` (memory update, clustering, penalties), ``shaping`` (shaped rewards)."""
+        (reading them back, or decoding answer keys), ``memory`` (memory update, clustering, penalties), ``shaping``
+        (shaped rewards), ``explore`` (outcome-based exploration bonus)."""
         now = time.perf_counter()
         timing_raw = getattr(self, "timing_raw", None)
         if timing_raw is not None:
