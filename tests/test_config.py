@@ -13,7 +13,7 @@ def test_defaults_are_the_paper_values():
     assert (cfg.clustering.method, cfg.clustering.assignment) == ("hdbscan", "joint")
     assert (cfg.clustering.min_cluster_size, cfg.clustering.min_samples, cfg.clustering.knn_k) == (2, 1, 3)
     assert (cfg.shaping.alpha, cfg.shaping.beta, cfg.shaping.penalty_target) == (0.1, 0.2, "wrong")
-    assert cfg.shaping.std_eps == 1e-6
+    assert not hasattr(cfg.shaping, "std_eps")  # the advantage's epsilon and std switch are verl's
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,6 @@ def test_diff_needs_two_layers():
         (lambda: ShapingConfig(alpha=-0.1), r"ShapingConfig\.alpha must be a finite number >= 0.0, got -0.1"),
         (lambda: ShapingConfig(beta=float("inf")), r"ShapingConfig\.beta"),
         (lambda: ShapingConfig(penalty_target="all"), r"penalty_target must be one of"),
-        (lambda: ShapingConfig(std_eps=0.0), r"std_eps must be a finite number > 0.0, got 0.0"),
         (lambda: MEDSConfig(enable=1), r"MEDSConfig\.enable must be a bool"),
     ],
 )
@@ -129,3 +128,34 @@ def test_fingerprint_tracks_feature_meaning_only():
     last_n = MEDSConfig.from_dict({"features": {"layers": "last_n", "last_n": 3}}).fingerprint()
     assert last_n["last_n"] == 3
     assert last_n != MEDSConfig.from_dict({"features": {"layers": "last_n", "last_n": 4}}).fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "hint"), [("std_eps", 1e-4, "epsilon"), ("norm_adv_by_std", False, "norm_adv_by_std_in_grpo")]
+)
+def test_removed_shaping_keys_point_to_verls_option(key, value, hint):
+    with pytest.raises(ValueError, match=rf"shaping\.{key} \(= {value!r}\) was removed: .*{hint}"):
+        MEDSConfig.from_dict({"shaping": {key: value}})
+
+
+def test_fork_parity_warns_about_each_value_it_overrides():
+    import warnings
+
+    with pytest.warns(UserWarning) as record:
+        cfg = MEDSConfig.from_dict(
+            {
+                "fork_parity": True,
+                "clustering": {"knn_k": 5, "min_cluster_size": 2},
+                "shaping": {"penalty_target": "none"},
+            }
+        )
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 2, messages
+    assert (
+        "ClusterConfig.knn_k=5 with 3" in messages[0]
+        and "ShapingConfig.penalty_target='none' with 'both'" in messages[1]
+    )
+    assert cfg.clustering.knn_k == 3 and cfg.shaping.penalty_target == "both"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # defaults (or values equal to the forced ones) are replaced silently
+        MEDSConfig.from_dict({"fork_parity": True, "clustering": {"knn_k": 3}})

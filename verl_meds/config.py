@@ -303,27 +303,41 @@ class ShapingConfig:
             Which responses are penalised and remembered. Wrong responses get `r - p`; right responses get
             `r / (1 + p)` (the recipe's sign-preserving form); `"none"` leaves rewards unchanged.
 
-        > Parameters that control the GRPO advantage
-
-        std_eps (`float`, *optional*, defaults to `1e-6`):
-            Epsilon added to the group standard deviation (verl's GRPO value; TRL uses `1e-4`). Must be > 0.
-        norm_adv_by_std (`bool`, *optional*, defaults to `True`):
-            Divide the centred score by the group standard deviation (`False` is Dr. GRPO,
-            [Liu et al. 2025](https://huggingface.co/papers/2503.20783)).
+    The group-normalised advantage over the shaped rewards is verl's (`algorithm.norm_adv_by_std_in_grpo`,
+    epsilon 1e-6); MEDS has no option of its own for it (`REMOVED_SHAPING_KEYS`).
     """
 
     alpha: float = 0.1
     beta: float = 0.2
     penalty_target: Literal["wrong", "right", "both", "none"] = "wrong"
-    std_eps: float = 1e-6
-    norm_adv_by_std: bool = True
 
     def __post_init__(self) -> None:
         _check_float("ShapingConfig", "alpha", self.alpha, 0.0)
         _check_float("ShapingConfig", "beta", self.beta, 0.0)
         _check_choice("ShapingConfig", "penalty_target", self.penalty_target, PENALTY_TARGETS)
-        _check_float("ShapingConfig", "std_eps", self.std_eps, 0.0, strict=True)
-        _check_bool("ShapingConfig", "norm_adv_by_std", self.norm_adv_by_std)
+
+
+def _warn_overridden(before: tuple, after: tuple) -> None:
+    """Warn once per field that `fork_parity` replaced a value set away from its default (the user's choice)."""
+    import warnings
+
+    for old, new in zip(before, after, strict=True):
+        default = type(old)()
+        for f in dataclasses.fields(old):
+            mine, forced = getattr(old, f.name), getattr(new, f.name)
+            if mine != forced and mine != getattr(default, f.name):
+                warnings.warn(
+                    f"MEDSConfig.fork_parity=True overrides {type(old).__name__}.{f.name}={mine!r} with {forced!r}.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+
+
+REMOVED_SHAPING_KEYS: dict[str, str] = {
+    "std_eps": "verl's GRPO epsilon (1e-6) is used",
+    "norm_adv_by_std": "set algorithm.norm_adv_by_std_in_grpo (false = Dr. GRPO) instead",
+}
+"""Former `shaping` keys that never reached verl's estimator, and what to use instead (rejected with that hint)."""
 
 
 @dataclass
@@ -378,6 +392,7 @@ class MEDSConfig:
         self.clustering = _build(ClusterConfig, self.clustering, "MEDSConfig.clustering")
         self.shaping = _build(ShapingConfig, self.shaping, "MEDSConfig.shaping")
         if self.fork_parity:
+            before = (self.clustering, self.features, self.shaping)
             faults = self.reproduce_fork_faults
             self.clustering = dataclasses.replace(
                 self.clustering,
@@ -395,6 +410,7 @@ class MEDSConfig:
             self.shaping = dataclasses.replace(
                 self.shaping, penalty_target="both", beta=FORK_LOG_CAP * self.shaping.alpha
             )
+            _warn_overridden(before, (self.clustering, self.features, self.shaping))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> MEDSConfig:
@@ -412,6 +428,11 @@ class MEDSConfig:
         Raises:
             ValueError: on an unknown key at any level (the message lists the valid keys) or an invalid value.
         """
+        shaping = d.get("shaping") if isinstance(d, Mapping) else None
+        if isinstance(shaping, Mapping):
+            for key, hint in REMOVED_SHAPING_KEYS.items():
+                if key in shaping:
+                    raise ValueError(f"MEDSConfig.shaping.{key} (= {shaping[key]!r}) was removed: {hint}.")
         return _build(cls, d, "MEDSConfig")
 
     def to_dict(self) -> dict[str, Any]:
