@@ -207,3 +207,22 @@ def test_run_overrides_make_baselines_observe_only_and_seed_everything(tmp_path)
     assert set(ex.OBSERVE_ONLY) <= set(dapo) and not set(ex.OBSERVE_ONLY) & set(meds)
     start = ex.run_overrides(cfg, ex.START, 0, assets)
     assert "trainer.val_only=true" in start and ex.recipe_of(ex.START) == "dapo"
+
+
+def test_answer_key_agreement_counts_shared_answers_and_split_modes():
+    group = [
+        {"answer": "35", "label": "wrong_order", "cluster": 0},
+        {"answer": "35", "label": "wrong_order", "cluster": 0},
+        {"answer": "12", "label": "add_for_mul+off_by_one", "cluster": 1},  # two modes reproduce one answer
+        {"answer": "7", "label": "other", "cluster": 1},
+        {"answer": "9", "label": "other", "cluster": 1},  # one mode ("other"), two answers
+    ]
+    out = ex.answer_key_agreement([group, [{"answer": "3", "label": "other", "cluster": -1}]])
+    assert out["shared_answer_frac"] == pytest.approx(1 / 6)
+    assert out["split_mode_frac"] == pytest.approx(2 / 6)
+    assert 0.0 < out["nmi_answer"] < 1.0  # answers split "other": not a perfect match
+    perfect = [{"answer": a, "label": m, "cluster": c} for a, m, c in [("1", "x", 0), ("1", "x", 0), ("2", "y", 1)]]
+    out = ex.answer_key_agreement([perfect])
+    assert out["nmi_answer"] == pytest.approx(1.0) and out["nmi_cluster_answer"] == pytest.approx(1.0)
+    assert out["shared_answer_frac"] == 0.0 and out["split_mode_frac"] == 0.0
+    assert math.isnan(ex.answer_key_agreement([])["shared_answer_frac"])

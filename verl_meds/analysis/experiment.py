@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from verl_meds.analysis.diversity import step_metrics
+from verl_meds.analysis.diversity import _agreement, step_metrics
 from verl_meds.analysis.records import assign_clusters, synthetic_error_mode
 
 logger = logging.getLogger(__name__)
@@ -316,13 +316,52 @@ def training_step_metrics(dump_path: Path, questions: Mapping[str, str]) -> list
         if not record["correct"]:
             by_step[int(record["step"])][record["prompt_id"]].append(record["label"])
         penalised[int(record["step"])] += int((record.get("penalty") or 0.0) > 0.0)
+    wrong_rows: dict[int, dict[Any, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for record in clustered:
+        if not record["correct"]:
+            wrong_rows[int(record["step"])][record["prompt_id"]].append(record)
     out = []
     for step in sorted(base):
         entry = {k: float(v) for k, v in base[step].items()}
         entry.update(_group_mode_stats(by_step.get(step, {})))
+        entry.update(answer_key_agreement(list(wrong_rows.get(step, {}).values())))
         entry["penalised"] = float(penalised[step])
         out.append(entry)
     return out
+
+
+def answer_key_agreement(groups: Sequence[Sequence[Mapping[str, Any]]], min_wrong: int = 2) -> dict[str, float]:
+    """How final answers relate to the true error modes and to the logit-lens clusters, over the wrong responses
+    of one step (``groups``: the wrong records of each prompt, with ``answer``, ``label`` and ``cluster``).
+
+    Returns:
+        `dict[str, float]`: ``ari_answer`` / ``nmi_answer`` (answer keys as clusters vs the true modes, size-weighted
+        over groups with >= ``min_wrong`` wrong responses), ``nmi_cluster_answer`` (logit-lens clusters vs answer
+        keys), ``shared_answer_frac`` (wrong responses whose answer two or more faulty procedures reproduce: different
+        modes, one answer key) and ``split_mode_frac`` (wrong responses whose mode appears with more than one answer in
+        their group: one mode, several keys). NaN where nothing qualifies.
+    """
+    kept = [g for g in groups if len(g) >= min_wrong]
+    by_answer = [[{"cluster": str(r.get("answer")), "label": r["label"]} for r in g] for g in kept]
+    ari, nmi = _agreement(by_answer)
+    cluster_vs_answer = [[{"cluster": r.get("cluster"), "label": str(r.get("answer"))} for r in g] for g in kept]
+    _, nmi_cluster = _agreement(cluster_vs_answer)
+    rows = [r for g in groups for r in g]
+    shared = sum("+" in str(r["label"]) for r in rows)
+    split = 0
+    for group in groups:
+        answers_of: dict[str, set] = defaultdict(set)
+        for r in group:
+            answers_of[r["label"]].add(str(r.get("answer")))
+        split += sum(len(answers_of[r["label"]]) > 1 for r in group)
+    n = len(rows)
+    return {
+        "ari_answer": ari,
+        "nmi_answer": nmi,
+        "nmi_cluster_answer": nmi_cluster,
+        "shared_answer_frac": shared / n if n else math.nan,
+        "split_mode_frac": split / n if n else math.nan,
+    }
 
 
 def validation_step_metrics(val_dir: Path, ks: Sequence[int]) -> list[dict[str, float]]:
@@ -371,6 +410,7 @@ SUMMARY_METRICS: tuple[tuple[str, str, str], ...] = (
     ("train", "collapse_share", "train error-collapse share"),
     ("train", "nmi", "cluster vs mode NMI"),
     ("train", "ari", "cluster vs mode ARI"),
+    ("train", "nmi_answer", "answer key vs mode NMI"),
     ("train", "eigen_ratio", "top-1 eigen ratio"),
 )
 """(source, key, name) of the table's columns: ``val`` = last validation, ``train`` = mean over the last third of
@@ -479,8 +519,42 @@ def table_markdown(collected: Mapping[str, Any]) -> str:
             f"\n### Paired difference against {label_of(BASELINE)} (same seed)\n\n" + head + "\n".join(paired) + "\n"
         )
     text += "\n" + mode_mix_markdown(collected)
+    text += "\n" + answer_mode_markdown(collected)
     text += "\n### Per-seed values\n\n" + head.replace("| seeds |", "| seed |") + "\n".join(per_seed) + "\n"
     return text
+
+
+ANSWER_MODE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("shared_answer_frac", "wrong answers shared by >= 2 modes"),
+    ("split_mode_frac", "wrong answers whose mode has > 1 answer in the group"),
+    ("nmi_answer", "answer key vs mode NMI"),
+    ("nmi", "logit cluster vs mode NMI"),
+    ("nmi_cluster_answer", "logit cluster vs answer key NMI"),
+)
+"""Columns of `answer_mode_markdown` (keys of `answer_key_agreement` and `step_metrics`)."""
+
+
+def answer_mode_markdown(collected: Mapping[str, Any]) -> str:
+    """Markdown: where answer keys and logit-lens clusters disagree with the true modes, per method (mean over
+    every training step of every seed)."""
+    head = (
+        "| method | " + " | ".join(n for _, n in ANSWER_MODE_COLUMNS) + " |\n|---|" + "---|" * len(ANSWER_MODE_COLUMNS)
+    )
+    rows = []
+    for method, runs in collected.items():
+        steps = [e for run in runs.values() for e in run.get("measured", {}).get("train", [])]
+        if not steps:
+            continue
+        cells = []
+        for key, _ in ANSWER_MODE_COLUMNS:
+            values = [float(e.get(key, math.nan)) for e in steps]
+            finite = [v for v in values if math.isfinite(v)]
+            cells.append(_fmt(float(np.mean(finite))) if finite else "n/a")
+        rows.append(f"| {label_of(method)} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    title = "### Answer keys, logit clusters and true error modes (training rollouts, all steps and seeds)\n\n"
+    return title + head + "\n" + "\n".join(rows) + "\n"
 
 
 def mode_mix_markdown(collected: Mapping[str, Any]) -> str:
@@ -550,7 +624,7 @@ PLOTS: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("train", "collapse_share", "error-collapse share"),
         ("train", "distinct_modes", "distinct modes / group"),
         ("train", "nmi", "cluster vs mode NMI"),
-        ("train", "ari", "cluster vs mode ARI"),
+        ("train", "nmi_answer", "answer key vs mode NMI"),
         ("train", "eigen_ratio", "top-1 eigen ratio"),
     ),
 }
