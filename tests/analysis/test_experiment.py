@@ -214,8 +214,8 @@ def test_answer_key_agreement_counts_shared_answers_and_split_modes():
         {"answer": "35", "label": "wrong_order", "cluster": 0},
         {"answer": "35", "label": "wrong_order", "cluster": 0},
         {"answer": "12", "label": "add_for_mul+off_by_one", "cluster": 1},  # two modes reproduce one answer
-        {"answer": "7", "label": "other", "cluster": 1},
-        {"answer": "9", "label": "other", "cluster": 1},  # one mode ("other"), two answers
+        {"answer": "x+7", "label": "other", "cluster": 1},
+        {"answer": None, "label": "other", "cluster": 1},  # one mode ("other"), two answers (one missing)
     ]
     out = ex.answer_key_agreement([group, [{"answer": "3", "label": "other", "cluster": -1}]])
     assert out["shared_answer_frac"] == pytest.approx(1 / 6)

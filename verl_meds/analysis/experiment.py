@@ -342,7 +342,12 @@ def answer_key_agreement(groups: Sequence[Sequence[Mapping[str, Any]]], min_wron
         their group: one mode, several keys). NaN where nothing qualifies.
     """
     kept = [g for g in groups if len(g) >= min_wrong]
-    by_answer = [[{"cluster": str(r.get("answer")), "label": r["label"]} for r in g] for g in kept]
+
+    def ids(group: Sequence[Mapping[str, Any]]) -> list[int]:  # answer key -> small int, per group
+        seen: dict[str, int] = {}
+        return [seen.setdefault(str(r.get("answer")), len(seen)) for r in group]
+
+    by_answer = [[{"cluster": i, "label": r["label"]} for i, r in zip(ids(g), g, strict=True)] for g in kept]
     ari, nmi = _agreement(by_answer)
     cluster_vs_answer = [[{"cluster": r.get("cluster"), "label": str(r.get("answer"))} for r in g] for g in kept]
     _, nmi_cluster = _agreement(cluster_vs_answer)
