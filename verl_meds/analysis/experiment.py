@@ -636,6 +636,12 @@ PLOTS: dict[str, tuple[tuple[str, str, str], ...]] = {
 """Plot files and their panels (source, key, title); lines are means over seeds, bands the 95 % intervals."""
 
 
+UNIT_INTERVAL_KEYS = frozenset(
+    {"accuracy", "collapse_share", "nmi", "ari", "nmi_answer", "eigen_ratio", "pass@1", "pass@2", "pass@4", "pass@8"}
+)
+"""Measures bounded by [0, 1]: their plot axes are fixed to that range."""
+
+
 def plot_curves(collected: Mapping[str, Any], folder: Path) -> list[Path]:
     """Write `PLOTS` into ``folder``; returns the files written."""
     import matplotlib
@@ -652,6 +658,8 @@ def plot_curves(collected: Mapping[str, Any], folder: Path) -> list[Path]:
             for method, (steps, mean, half) in _curves(collected, source, key).items():
                 line = ax.plot(steps, mean, marker="o" if source == "val" else None, ms=3, label=label_of(method))
                 ax.fill_between(steps, mean - half, mean + half, alpha=0.12, color=line[0].get_color())
+            if key in UNIT_INTERVAL_KEYS:  # keep wide 2-3 seed intervals from hiding the lines
+                ax.set_ylim(-0.02, 1.02)
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("training step")
             ax.grid(alpha=0.3)
