@@ -225,16 +225,9 @@ class ErrorMemory:
                     clusters_per_prompt.append(num_clusters(labels_all))
                     largest_wrong_share.append(largest_cluster_size(labels_all) / labels_all.shape[0])
 
-        metrics = {
-            M.MEMORY_NUM_PROMPTS: float(self.num_prompts),
-            M.MEMORY_NUM_ENTRIES: float(self.num_entries),
-            M.MEMORY_TRUNCATED_PROMPTS: float(len(self._truncated_prompts)),
-            M.FEATURES_MISSING_FRAC: M.safe_frac(num_rows - int(usable.sum()), num_rows),
-            M.CLUSTER_SIZE_MEAN: M.safe_mean(cluster_sizes[assigned]),
-            M.CLUSTER_SIZE_MAX: M.safe_max(cluster_sizes[assigned]),
-            M.CLUSTERS_PER_PROMPT_MEAN: M.safe_mean(clusters_per_prompt),
-            M.CLUSTERS_LARGEST_WRONG_SHARE_MEAN: M.safe_mean(largest_wrong_share),
-        }
+        metrics = self._step_metrics(
+            num_rows, usable, cluster_sizes, assigned, clusters_per_prompt, largest_wrong_share
+        )
         return cluster_sizes, metrics
 
     def _step_answer_keys(
@@ -279,7 +272,22 @@ class ErrorMemory:
                     self._note_truncation(prompt_id)
                 self._keys[buffer_key] = stored
                 self._labels[buffer_key] = _first_appearance_labels(stored).astype(LABEL_DTYPE)
-        metrics = {
+        metrics = self._step_metrics(
+            num_rows, usable, cluster_sizes, assigned, clusters_per_prompt, largest_wrong_share
+        )
+        return cluster_sizes, metrics
+
+    def _step_metrics(
+        self,
+        num_rows: int,
+        usable: np.ndarray,
+        cluster_sizes: np.ndarray,
+        assigned: np.ndarray,
+        clusters_per_prompt: list,
+        largest_wrong_share: list,
+    ) -> dict[str, float]:
+        """The metrics of one `step` (names in `verl_meds.metrics`), shared by the feature and answer-key paths."""
+        return {
             M.MEMORY_NUM_PROMPTS: float(self.num_prompts),
             M.MEMORY_NUM_ENTRIES: float(self.num_entries),
             M.MEMORY_TRUNCATED_PROMPTS: float(len(self._truncated_prompts)),
@@ -289,7 +297,6 @@ class ErrorMemory:
             M.CLUSTERS_PER_PROMPT_MEAN: M.safe_mean(clusters_per_prompt),
             M.CLUSTERS_LARGEST_WRONG_SHARE_MEAN: M.safe_mean(largest_wrong_share),
         }
-        return cluster_sizes, metrics
 
     def _assign_and_store(
         self, key: tuple[PromptId, str], new_rows: np.ndarray, rows: list[int], cluster_sizes: np.ndarray
