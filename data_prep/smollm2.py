@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_prep.folders import replace_folder
 from data_prep.verl_format import make_record, write_parquet
 
 logger = logging.getLogger(__name__)
@@ -419,13 +420,7 @@ def convert_smollm2(out_dir: str | os.PathLike | None = None, force: bool = Fals
         staging.chmod(0o777 & ~umask)
         for path in staging.iterdir():
             path.chmod(0o666 & ~umask)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old_{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(staging, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
+        replace_folder(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("converted %s to %s in %.0f s", gguf_path, out_dir, info["convert_seconds"])

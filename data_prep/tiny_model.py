@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_prep.folders import replace_folder
 from data_prep.synthetic import (
     FAULTY_PROCEDURES,
     FORMS,
@@ -607,13 +608,7 @@ def build_tiny_model(out_dir: str | os.PathLike = DEFAULT_TINY_DIR, seed: int = 
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build_", dir=out_dir.parent))
     try:
         _save_folder(staging, model, tokenizer, info)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old_{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(staging, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
+        replace_folder(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("saved %s: accuracy %.3f, %d parameters, %.0f s", out_dir, grades["accuracy"], n_params,
