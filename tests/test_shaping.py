@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from verl_meds.shaping import (
     grpo_advantages,
@@ -66,13 +68,16 @@ def test_shape_rewards_targets(target, expected):
     assert metrics["meds/rewards/nonfinite_frac"] == 0.0
 
 
-def test_non_finite_rewards_are_neutral_and_counted():
+def test_non_finite_rewards_stay_missing_and_are_counted():
     rewards = torch.tensor([float("nan"), float("inf"), 1.0, 0.0])
     correct = torch.tensor([False, True, True, False])
     shaped, metrics = shape_rewards(rewards, correct, torch.full((4,), 0.1), "both")
-    assert torch.isfinite(shaped).all()
-    assert torch.allclose(shaped, torch.tensor([-0.1, 0.0, 1.0 / 1.1, -0.1]))
+    assert torch.isnan(shaped[:2]).all()  # a reward that failed to compute is not turned into a wrong answer
+    assert torch.allclose(shaped[2:], torch.tensor([1.0 / 1.1, -0.1]))
     assert metrics["meds/rewards/nonfinite_frac"] == 0.5
+    assert metrics["meds/frac_penalized"] == 0.5  # no penalty on the missing rows
+    assert metrics["meds/reward/raw_mean"] == pytest.approx(0.5)
+    assert metrics["meds/reward/shaped_mean"] == pytest.approx((1.0 / 1.1 - 0.1) / 2)
 
 
 def test_shape_rewards_validation():
@@ -112,8 +117,8 @@ def test_grpo_degenerate_groups():
     assert advantages[4:].tolist() == pytest.approx([-1.0 / (std + 1e-6), 1.0 / (std + 1e-6)])
     # Group ids may be a tensor; group order does not matter.
     assert torch.equal(grpo_advantages(scores, torch.tensor([5, 9, 9, 9, 1, 1])), advantages)
-    with pytest.raises(ValueError, match="scores must be finite"):
-        grpo_advantages(torch.tensor([float("nan")]), [0])
+    with pytest.raises(ValueError, match="valid must have the shape"):
+        grpo_advantages(torch.zeros(2), [0, 0], valid=torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="group_ids must have length N=2"):
         grpo_advantages(torch.zeros(2), [0])
 
@@ -133,3 +138,48 @@ def test_parity_with_recipe_formula():
     shaped, _ = shape_rewards(rewards, correct, penalties, "both")
     torch.testing.assert_close(shaped.double(), recipe_scores, atol=1e-6, rtol=0)
     torch.testing.assert_close(grpo_advantages(shaped, groups).double(), recipe_advantages, atol=1e-5, rtol=0)
+
+
+def test_grpo_rows_without_reward_are_left_out():
+    nan = float("nan")
+    # A reward that failed to compute: advantage 0, statistics from the valid rows [1, 0, 0] only.
+    advantages = grpo_advantages(torch.tensor([1.0, nan, 0.0, 0.0]), [0] * 4)
+    assert advantages.tolist() == pytest.approx([1.1547, 0.0, -0.5774, -0.5774], abs=1e-4)
+    # A fully masked response: the same through `valid`.
+    valid = torch.tensor([True, False, True, True])
+    advantages = grpo_advantages(torch.tensor([0.0, 1.0, 1.0, 0.0]), [0] * 4, valid=valid)
+    assert advantages.tolist() == pytest.approx([-0.5774, 0.0, 1.1547, -0.5774], abs=1e-4)
+    # A group with no valid row gives zeros; other groups are untouched.
+    advantages = grpo_advantages(torch.tensor([nan, float("inf"), 1.0, 0.0]), [0, 0, 1, 1])
+    assert advantages[:2].tolist() == [0.0, 0.0]
+    assert advantages[2:].tolist() == pytest.approx([0.7071, -0.7071], abs=1e-4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    scores=st.lists(
+        st.one_of(st.floats(-5, 5, allow_nan=False), st.just(float("nan")), st.just(float("-inf"))),
+        min_size=1,
+        max_size=24,
+    ),
+    groups=st.lists(st.integers(0, 4), min_size=24, max_size=24),
+    masked=st.lists(st.booleans(), min_size=24, max_size=24),
+    norm_by_std=st.booleans(),
+)
+def test_grpo_invalid_rows_are_as_if_never_generated(scores, groups, masked, norm_by_std):
+    """For any mix of NaN / infinite / masked rows: invalid rows get 0, the others get exactly the advantage of the
+    valid rows alone (dropped from the batch), and fast and reference agree."""
+    n = len(scores)
+    values = torch.tensor(scores, dtype=torch.float32)
+    group_ids = groups[:n]
+    valid = ~torch.tensor(masked[:n])
+    out = grpo_advantages(values, group_ids, norm_by_std=norm_by_std, valid=valid)
+    assert torch.isfinite(out).all()
+    counted = torch.isfinite(values) & valid
+    assert out[~counted].abs().sum() == 0
+    rows = torch.nonzero(counted).flatten().tolist()
+    if rows:
+        alone = grpo_advantages(values[rows], [group_ids[r] for r in rows], norm_by_std=norm_by_std)
+        torch.testing.assert_close(out[rows], alone, atol=1e-6, rtol=0)
+    reference = grpo_advantages_reference(values, group_ids, norm_by_std=norm_by_std, valid=valid)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)

@@ -60,9 +60,11 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     PENALTY_MEAN: "Mean penalty actually applied, over all rollouts (0 for rollouts that are not targeted).",
     PENALTY_MAX: "Largest penalty actually applied this step.",
     FRAC_PENALIZED: "Fraction of rollouts whose reward was changed by a penalty > 0.",
-    REWARD_RAW_MEAN: "Mean raw reward (non-finite rewards counted as 0).",
-    REWARD_SHAPED_MEAN: "Mean shaped reward.",
-    REWARDS_NONFINITE_FRAC: "Fraction of rollouts whose raw reward was NaN or inf (treated as 0).",
+    REWARD_RAW_MEAN: "Mean raw reward over the finite rewards.",
+    REWARD_SHAPED_MEAN: "Mean shaped reward over the finite rewards.",
+    REWARDS_NONFINITE_FRAC: (
+        "Fraction of rollouts whose raw reward was NaN or inf (no penalty, advantage 0, out of the group statistics)."
+    ),
     EXPLORE_BONUS_MEAN: "Outcome exploration: mean of c * bonus added to the rollouts' advantages (0 where gated).",
     EXPLORE_BONUS_MIN: "Outcome exploration: smallest c * bonus of the step (negative: a repeated answer penalised).",
     EXPLORE_BONUS_MAX: "Outcome exploration: largest c * bonus of the step.",

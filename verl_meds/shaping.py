@@ -74,8 +74,9 @@ def shape_rewards(
 
     Wrong responses (when `target` is "wrong" or "both") get `r - p`; right responses (when `target` is "right" or
     "both") get `r / (1 + p)`, which keeps the sign of `r` (the recipe's form); `"none"` changes nothing. A NaN or
-    infinite raw reward is treated as 0 before shaping and counted in `meds/rewards/nonfinite_frac`, so the shaped
-    rewards are always finite.
+    infinite raw reward (a reward that failed to compute) stays NaN in the shaped rewards, gets no penalty, is left
+    out of the reward means and is counted in `meds/rewards/nonfinite_frac`; [`grpo_advantages`] then gives that row
+    advantage 0 and leaves it out of its group's statistics, so it is never mistaken for a wrong answer.
 
     Args:
         rewards (`torch.Tensor` of shape `(N,)`, float):
@@ -89,8 +90,9 @@ def shape_rewards(
 
     Returns:
         `tuple[torch.Tensor, dict[str, float]]`: shaped rewards of shape `(N,)` (dtype of `rewards` if floating,
-        else float32) and the metrics `meds/penalty/mean`, `meds/penalty/max`, `meds/frac_penalized`,
-        `meds/reward/raw_mean`, `meds/reward/shaped_mean`, `meds/rewards/nonfinite_frac`.
+        else float32; NaN exactly where the raw reward is not finite) and the metrics `meds/penalty/mean`,
+        `meds/penalty/max`, `meds/frac_penalized`, `meds/reward/raw_mean`, `meds/reward/shaped_mean` (both over the
+        finite rewards), `meds/rewards/nonfinite_frac`.
 
     Raises:
         ValueError: on an unknown `target`, mismatched shapes, or negative / non-finite penalties.
@@ -110,19 +112,20 @@ def shape_rewards(
     if not bool(torch.isfinite(penalties).all()) or bool((penalties < 0).any()):
         raise ValueError("penalties must be finite and >= 0.")
     finite = torch.isfinite(rewards)  # (N,)
-    raw = torch.where(finite, rewards, torch.zeros_like(rewards))  # (N,)
-    penalize_wrong = ~correct if target in ("wrong", "both") else torch.zeros_like(correct)
-    penalize_right = correct if target in ("right", "both") else torch.zeros_like(correct)
-    shaped = torch.where(penalize_wrong, raw - penalties, raw)
-    shaped = torch.where(penalize_right, raw / (1.0 + penalties), shaped)
+    nan = torch.full_like(rewards, float("nan"))
+    penalize_wrong = finite & ~correct if target in ("wrong", "both") else torch.zeros_like(correct)
+    penalize_right = finite & correct if target in ("right", "both") else torch.zeros_like(correct)
+    shaped = torch.where(penalize_wrong, rewards - penalties, rewards)
+    shaped = torch.where(penalize_right, rewards / (1.0 + penalties), shaped)
+    shaped = torch.where(finite, shaped, nan)  # (N,)
     applied = torch.where(penalize_wrong | penalize_right, penalties, torch.zeros_like(penalties))  # (N,)
     num_rows = rewards.shape[0]
     metrics = {
         M.PENALTY_MEAN: M.safe_mean(applied),
         M.PENALTY_MAX: M.safe_max(applied),
         M.FRAC_PENALIZED: M.safe_frac(int((applied > 0).sum()), num_rows),
-        M.REWARD_RAW_MEAN: M.safe_mean(raw),
-        M.REWARD_SHAPED_MEAN: M.safe_mean(shaped),
+        M.REWARD_RAW_MEAN: M.safe_mean(rewards[finite]),
+        M.REWARD_SHAPED_MEAN: M.safe_mean(shaped[finite]),
         M.REWARDS_NONFINITE_FRAC: M.safe_frac(int((~finite).sum()), num_rows),
     }
     return shaped, metrics
@@ -139,15 +142,20 @@ def _group_codes(group_ids: Sequence[Hashable] | np.ndarray | torch.Tensor, num_
     return torch.tensor([codes.setdefault(value, len(codes)) for value in values], dtype=torch.long)
 
 
-def _check_scores(scores: torch.Tensor) -> torch.Tensor:
+def _check_scores(scores: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`scores` as a float tensor (N,) and the rows that count: finite and, when given, `valid`."""
     scores = torch.as_tensor(scores)
     if not scores.is_floating_point():
         scores = scores.to(torch.float32)
     if scores.dim() != 1:
         raise ValueError(f"scores must have shape (N,), got {tuple(scores.shape)}.")
-    if not bool(torch.isfinite(scores).all()):
-        raise ValueError("scores must be finite; shape_rewards() replaces non-finite rewards with 0.")
-    return scores
+    counted = torch.isfinite(scores)  # (N,)
+    if valid is not None:
+        valid = torch.as_tensor(valid, device=scores.device)
+        if valid.shape != scores.shape:
+            raise ValueError(f"valid must have the shape of scores {tuple(scores.shape)}, got {tuple(valid.shape)}.")
+        counted = counted & valid.to(torch.bool)
+    return scores, counted
 
 
 def grpo_advantages(
@@ -155,6 +163,7 @@ def grpo_advantages(
     group_ids: Sequence[Hashable] | np.ndarray | torch.Tensor,
     std_eps: float = 1e-6,
     norm_by_std: bool = True,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""
     GRPO outcome advantage per response, vectorised; same convention as verl's `compute_grpo_outcome_advantage`.
@@ -165,39 +174,45 @@ def grpo_advantages(
     advantage 0 (exactly 0 for float32 scores: their group sums are exact in float64). Statistics are computed in
     float64 and cast back to the dtype of `scores`.
 
+    Rows that do not count (a NaN or infinite score: a reward that failed to compute; or `valid` False, e.g. a
+    fully masked response) get advantage 0 and are left out of their group's statistics: the other rows get
+    exactly what verl's GRPO gives them when the row was never generated (so a group left with one counted row is
+    a singleton group). A group with no counted row gets zeros. The result is always finite.
+
     Args:
         scores (`torch.Tensor` of shape `(N,)`, float):
-            Sequence-level scores (shaped rewards), finite.
+            Sequence-level scores (shaped rewards); non-finite entries mark rows that do not count.
         group_ids (`Sequence[Hashable]`, `np.ndarray` or `torch.Tensor` of shape `(N,)`):
             Group of each response (e.g. verl's `uid`); any hashable values.
         std_eps (`float`, *optional*, defaults to `1e-6`):
             Added to the standard deviation (verl's value).
         norm_by_std (`bool`, *optional*, defaults to `True`):
-            Divide by the group standard deviation.
+            Divide by the group standard deviation (`False`: Dr. GRPO, https://huggingface.co/papers/2503.20783).
+        valid (`torch.Tensor` of shape `(N,)`, bool, *optional*):
+            Rows that count; all finite rows when omitted.
 
     Returns:
-        `torch.Tensor` of shape `(N,)`, dtype of `scores`.
+        `torch.Tensor` of shape `(N,)`, dtype of `scores`, finite.
 
     Raises:
-        ValueError: if `scores` is not 1-D and finite or `group_ids` has another length.
+        ValueError: if `scores` is not 1-D, or `group_ids` or `valid` has another length.
     """
-    scores = _check_scores(scores)
+    scores, counted = _check_scores(scores, valid)
     codes = _group_codes(group_ids, scores.shape[0]).to(scores.device)  # (N,)
     num_groups = int(codes.max()) + 1 if codes.numel() else 0
-    values = scores.to(torch.float64)  # (N,)
-    counts = torch.zeros(num_groups, dtype=torch.float64, device=scores.device).index_add_(
-        0, codes, torch.ones_like(values)
-    )  # (num_groups,)
-    sums = torch.zeros_like(counts).index_add_(0, codes, values)
-    means = sums / counts
-    squares = torch.zeros_like(counts).index_add_(0, codes, (values - means[codes]) ** 2)
+    weight = counted.to(torch.float64)  # (N,)
+    values = torch.where(counted, scores.to(torch.float64), torch.zeros_like(weight))  # (N,)
+    counts = torch.zeros(num_groups, dtype=torch.float64, device=scores.device).index_add_(0, codes, weight)
+    sums = torch.zeros_like(counts).index_add_(0, codes, values)  # (num_groups,)
+    means = sums / torch.clamp(counts, min=1)
+    squares = torch.zeros_like(counts).index_add_(0, codes, weight * (values - means[codes]) ** 2)
     stds = torch.sqrt(squares / torch.clamp(counts - 1, min=1))
     singleton = counts == 1
     means = torch.where(singleton, torch.zeros_like(means), means)
     stds = torch.where(singleton, torch.ones_like(stds), stds)
     centred = values - means[codes]  # (N,)
     advantages = centred / (stds[codes] + std_eps) if norm_by_std else centred
-    return advantages.to(scores.dtype)
+    return torch.where(counted, advantages, torch.zeros_like(advantages)).to(scores.dtype)
 
 
 def grpo_advantages_reference(
@@ -205,11 +220,13 @@ def grpo_advantages_reference(
     group_ids: Sequence[Hashable] | np.ndarray | torch.Tensor,
     std_eps: float = 1e-6,
     norm_by_std: bool = True,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
     Loop-over-groups reference for [`grpo_advantages`], written like verl's `compute_grpo_outcome_advantage`.
 
-    Uses `torch.mean` and `torch.std` (unbiased) on each group in the dtype of `scores`. Slow; for tests.
+    Uses `torch.mean` and `torch.std` (unbiased) on the counted rows of each group in the dtype of `scores`; rows
+    that do not count get 0. Slow; for tests.
 
     Args:
         scores (`torch.Tensor` of shape `(N,)`, float):
@@ -220,16 +237,19 @@ def grpo_advantages_reference(
             Added to the standard deviation.
         norm_by_std (`bool`, *optional*, defaults to `True`):
             Divide by the group standard deviation.
+        valid (`torch.Tensor` of shape `(N,)`, bool, *optional*):
+            Rows that count; all finite rows when omitted.
 
     Returns:
         `torch.Tensor` of shape `(N,)`, dtype of `scores`.
     """
-    scores = _check_scores(scores)
+    scores, counted = _check_scores(scores, valid)
     codes = _group_codes(group_ids, scores.shape[0]).tolist()
     members: dict[int, list[int]] = {}
     for row, code in enumerate(codes):
-        members.setdefault(code, []).append(row)
-    advantages = torch.empty_like(scores)
+        if bool(counted[row]):
+            members.setdefault(code, []).append(row)
+    advantages = torch.zeros_like(scores)
     for rows in members.values():
         group = scores[rows]
         if len(rows) == 1:

@@ -194,6 +194,7 @@ def test_main_refuses_bad_options_before_ray_starts(tmp_path):
         "bad_alpha": [*base, "meds.shaping.alpha=-1"],
         "bad_target": [*base, "meds.shaping.penalty_target=all"],
         "unknown_key": [*base, "+meds.shaping.alpah=0.1"],
+        "multi_turn": [*base, "actor_rollout_ref.rollout.multi_turn.enable=true"],
     }
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HOME": str(tmp_path),
            "VERL_MEDS_CPU": "1"}
@@ -209,6 +210,7 @@ def test_main_refuses_bad_options_before_ray_starts(tmp_path):
         "bad_alpha": r"ValueError: ShapingConfig\.alpha must be a finite number >= 0\.0, got -1",
         "bad_target": r"ValueError: ShapingConfig\.penalty_target must be one of \[.*\], got 'all'",
         "unknown_key": r"ValueError: Unknown config key\(s\) \['alpah'\] in MEDSConfig\.shaping",
+        "multi_turn": r"ValueError: algorithm\.adv_estimator=meds does not support .*multi_turn\.enable=true",
     }
     import re
 

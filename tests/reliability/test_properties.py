@@ -10,7 +10,8 @@ keep NaN and inf out of every reward and advantage, and give each degenerate cas
   `locate_answer_token` gives -1, the row is not stored and has |C| = 0 (`ErrorMemory.step`);
   counted in `meds/features/missing_frac` and `meds/features/answer_found_frac`.
 - non-finite feature (a model that overflows): as above; counted in `meds/features/missing_frac`.
-- non-finite raw reward: treated as 0 (`shape_rewards`); counted in `meds/rewards/nonfinite_frac`.
+- non-finite raw reward (a reward that failed to compute): stays NaN through `shape_rewards`, no penalty, advantage 0
+  and left out of its group's statistics; counted in `meds/rewards/nonfinite_frac`.
 - outcome not targeted by `penalty_target`: |C| = 0 and the reward is unchanged.
 - group of size 1: advantage s / (1 + eps) (`grpo_advantages`, verl's rule).
 - group whose shaped rewards are equal (e.g. every response identical): advantage exactly 0.
@@ -430,24 +431,31 @@ def _shaping_nonfinite_property():
         correct = torch.tensor([r[1] for r in rows])
         penalties = penalty_from_cluster_sizes(torch.tensor([r[2] for r in rows]), 0.1, 0.2)
         shaped, metrics = shape_rewards(rewards, correct, penalties, target)
-        assert bool(torch.isfinite(shaped).all())
-        nonfinite_frac = float((~torch.isfinite(rewards)).float().mean())
+        finite = torch.isfinite(rewards)
+        assert torch.equal(torch.isfinite(shaped), finite)  # missing stays missing, never a wrong answer
+        nonfinite_frac = float((~finite).float().mean())
         assert metrics["meds/rewards/nonfinite_frac"] == pytest.approx(nonfinite_frac)
         assert all(math.isfinite(v) for v in metrics.values())
-        # A non-finite raw reward is shaped exactly as a reward of 0 would be.
-        zeroed, _ = shape_rewards(torch.where(torch.isfinite(rewards), rewards, 0.0), correct, penalties, target)
-        assert torch.equal(shaped, zeroed)
-        advantages = grpo_advantages(shaped, [r[3] for r in rows])
+        # The finite rows are shaped exactly as without the missing ones.
+        alone, _ = shape_rewards(rewards[finite], correct[finite], penalties[finite], target)
+        assert torch.equal(shaped[finite], alone)
+        groups = [r[3] for r in rows]
+        advantages = grpo_advantages(shaped, groups)
         assert bool(torch.isfinite(advantages).all())
+        assert not bool(advantages[~finite].any())
+        kept = torch.nonzero(finite).flatten().tolist()
+        if kept:
+            expected = grpo_advantages(shaped[kept], [groups[r] for r in kept])
+            torch.testing.assert_close(advantages[kept], expected, atol=1e-6, rtol=0)
 
     return prop
 
 
-test_shaping_treats_nonfinite_rewards_as_zero = _shaping_nonfinite_property()
+test_shaping_leaves_nonfinite_rewards_out = _shaping_nonfinite_property()
 
 
 @pytest.mark.slow
-def test_shaping_treats_nonfinite_rewards_as_zero_10k():
+def test_shaping_leaves_nonfinite_rewards_out_10k():
     run_slow("shaping_nonfinite", _shaping_nonfinite_property())
 
 
@@ -472,11 +480,13 @@ def _trainer_nonfinite_property():
         assume(bool((~torch.isfinite(rewards) & live).any()))
         memory = ErrorMemory(config)
         result = driver_step(memory, config, prompts, keys, uids, responses, mask, tokenizer, raw, rewards, correct)
-        assert bool(torch.isfinite(result.token_scores).all()) and bool(torch.isfinite(result.advantages).all())
+        assert bool(torch.isfinite(result.advantages).all())
         nonfinite = ~torch.isfinite(rewards) & live
         assert result.metrics["meds/rewards/nonfinite_frac"] > 0
-        # A non-finite raw reward counts as 0: the row's shaped token scores sum to its shaped reward.
-        assert torch.allclose(result.token_scores[nonfinite].sum(dim=1), result.shaped[nonfinite])
+        # A non-finite raw reward stays missing: its row sum is NaN and its advantage 0.
+        assert bool(torch.isnan(result.token_scores[nonfinite].sum(dim=1)).all())
+        assert not bool(result.advantages[nonfinite].any())
+        assert bool(torch.isfinite(result.token_scores[~nonfinite & live]).all())
 
     return prop
 

@@ -94,3 +94,90 @@ def test_inputs_are_not_modified_and_padding_stays_zero():
 
 def test_registered_under_meds():
     assert get_adv_estimator_fn("meds") is compute_meds_outcome_advantage
+
+
+def _through_verl(estimator: str, rewards, mask, index, algo_overrides: dict):
+    """Advantages as verl's trainer computes them: `compute_advantage` with the algorithm options from the config."""
+    from omegaconf import OmegaConf
+    from verl import DataProto
+    from verl.trainer.config import AlgoConfig
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+    from verl.utils.config import omega_conf_to_dataclass
+
+    algo = omega_conf_to_dataclass(
+        OmegaConf.create({"_target_": "verl.trainer.config.AlgoConfig", "adv_estimator": estimator, **algo_overrides}),
+        AlgoConfig,
+    )
+    data = DataProto.from_dict(
+        tensors={"token_level_rewards": rewards.clone(), "response_mask": mask.clone()},
+        non_tensors={"uid": np.asarray(index, dtype=object)},
+    )
+    out = compute_advantage(
+        data,
+        adv_estimator=estimator,
+        norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo,
+        config=algo,
+    )
+    return out.batch["advantages"]
+
+
+@pytest.mark.parametrize("norm", [True, False])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_norm_switch_reaches_meds_through_verl(norm, seed):
+    """`algorithm.norm_adv_by_std_in_grpo` reaches a registered estimator only inside `config`: it must be honoured
+    there, so `meds` equals verl's `grpo` for both settings (Dr. GRPO when off)."""
+    rewards, mask, index = _batch(seed)
+    ours = _through_verl("meds", rewards, mask, index, {"norm_adv_by_std_in_grpo": norm})
+    theirs = _through_verl("grpo", rewards, mask, index, {"norm_adv_by_std_in_grpo": norm})
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_dr_grpo_hand_case_through_verl():
+    rewards = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
+    mask = torch.ones(4, 1)
+    adv = _through_verl("meds", rewards, mask, ["g"] * 4, {"norm_adv_by_std_in_grpo": False})
+    torch.testing.assert_close(adv[:, 0], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+
+
+def test_config_switch_must_be_a_bool():
+    rewards, mask, index = _batch(1)
+    with pytest.raises(ValueError, match="norm_adv_by_std_in_grpo must be a bool"):
+        compute_meds_outcome_advantage(rewards, mask, index, config={"norm_adv_by_std_in_grpo": "no"})
+
+
+def test_failed_reward_and_masked_response_are_left_out():
+    nan = float("nan")
+    rewards = torch.tensor([[0.0, 1.0], [0.0, nan], [0.0, 0.0], [0.0, 0.0]])
+    mask = torch.ones(4, 2)
+    adv, _ = compute_meds_outcome_advantage(rewards, mask, np.array(["g"] * 4, dtype=object))
+    torch.testing.assert_close(adv[:, 0], torch.tensor([1.1547, 0.0, -0.5774, -0.5774]), atol=1e-4, rtol=0)
+    rewards = torch.tensor([[0.0], [1.0], [1.0], [0.0]])
+    mask = torch.tensor([[1.0], [1.0], [0.0], [1.0]])
+    adv, _ = compute_meds_outcome_advantage(rewards, mask, np.array(["g"] * 4, dtype=object))
+    torch.testing.assert_close(adv[:, 0], torch.tensor([-0.5774, 1.1547, 0.0, -0.5774]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("norm", [True, False])
+def test_rows_without_outcome_are_as_if_never_generated(seed, norm):
+    """Any NaN / inf reward and any fully masked row: advantage 0 there, and on the other rows exactly verl's `grpo`
+    of the batch without those rows."""
+    rewards, mask, index = _batch(seed)
+    rng = np.random.default_rng(100 + seed)
+    n = rewards.shape[0]
+    broken = rng.random(n) < 0.3
+    kind = rng.integers(0, 3, size=n)
+    for row in np.flatnonzero(broken):
+        if kind[row] == 0:
+            rewards[row, -1] = float("nan")
+        elif kind[row] == 1:
+            rewards[row, 0] = float("inf")
+        else:
+            mask[row] = 0.0
+    ours, _ = compute_meds_outcome_advantage(rewards, mask, index, norm_adv_by_std_in_grpo=norm)
+    assert torch.isfinite(ours).all() and torch.all(ours[broken] == 0)
+    keep = np.flatnonzero(~broken)
+    theirs, _ = compute_grpo_outcome_advantage(
+        rewards[keep].clone(), mask[keep], index[keep], norm_adv_by_std_in_grpo=norm
+    )
+    torch.testing.assert_close(ours[keep], theirs, atol=1e-6, rtol=0)

@@ -20,11 +20,31 @@ FORWARDED_ENV = ("VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT")
 """Driver environment variables passed on to verl's Ray actors (where verl's file logger runs)."""
 
 
+def check_estimator_options(config: DictConfig) -> None:
+    """Refuse algorithm options that verl honours for its ``grpo`` estimator but cannot pass to ``meds``.
+
+    verl gives ``grpo`` alone its multi-trajectory handling (only the last output of each agent-loop session enters
+    the group statistics, see ``verl.trainer.ppo.v1.utils.compute_advantage_for_multi_trajectories``); a registered
+    estimator receives every row. ``norm_adv_by_std_in_grpo`` does reach ``meds`` (through ``config``).
+
+    Raises:
+        ValueError: for ``algorithm.adv_estimator=meds`` with ``actor_rollout_ref.rollout.multi_turn.enable=true``.
+    """
+    estimator = str(OmegaConf.select(config, "algorithm.adv_estimator", default=""))
+    multi_turn = bool(OmegaConf.select(config, "actor_rollout_ref.rollout.multi_turn.enable", default=False))
+    if estimator == "meds" and multi_turn:
+        raise ValueError(
+            "algorithm.adv_estimator=meds does not support actor_rollout_ref.rollout.multi_turn.enable=true: verl "
+            "groups multi-turn sessions by their last output only for its own 'grpo' estimator. Turn multi_turn off."
+        )
+
+
 def prepare(config: DictConfig) -> DictConfig:
     """Set up the process for ``config`` and validate it (no Ray start). Returns the same, completed config.
 
     Raises:
-        ValueError: for an invalid ``meds`` or ``exploration`` block (names the field, the value and what is allowed).
+        ValueError: for an invalid ``meds`` or ``exploration`` block (names the field, the value and what is allowed),
+            or an algorithm option the ``meds`` estimator cannot honour (:func:`check_estimator_options`).
         RuntimeError: when the verl_meds registration with verl is incomplete.
     """
     from verl_meds.verl import cpu
@@ -53,6 +73,7 @@ def prepare(config: DictConfig) -> DictConfig:
     from verl_meds.verl.explore import exploration_config_from_trainer_config
 
     exploration_config_from_trainer_config(config)  # the same for the `exploration` block
+    check_estimator_options(config)
     model_path = os.path.expanduser(str(config.actor_rollout_ref.model.path))
     if meds.enable and os.path.isdir(model_path):
         # Layer numbers that the model does not have fail here, before Ray starts (hub ids are checked at start-up).

@@ -120,11 +120,13 @@ def shaped_token_scores(scores: list[torch.Tensor], rewards: torch.Tensor, shape
         scores (`list[torch.Tensor]`, N tensors of shape `(T_i,)`): verl's token-level scores (the outcome reward on
             the last response token).
         rewards (`torch.Tensor` of shape `(N,)`): the raw rewards (row sums of ``scores``).
-        shaped (`torch.Tensor` of shape `(N,)`): the shaped rewards (finite; see ``shape_rewards``).
+        shaped (`torch.Tensor` of shape `(N,)`): the shaped rewards (NaN where the raw reward is not finite; see
+            ``shape_rewards``).
 
     Returns:
         `list[torch.Tensor]`: float32 scores whose row sums are ``shaped``. A row whose raw reward is not finite is
-        rebuilt from zeros (``shape_rewards`` counted that reward as 0), so NaN never reaches the advantage.
+        rebuilt from zeros with NaN on its last token, so the ``meds`` estimator sees one non-finite row sum and
+        gives that row advantage 0 without moving its group's statistics.
     """
     out = []
     for score, old, new in zip(scores, rewards, shaped, strict=True):
@@ -148,7 +150,8 @@ def groups_with_signal(shaped: torch.Tensor, group_ids: list, atol: float = 1e-9
         atol (`float`, *optional*, defaults to `1e-9`): spread at or below which a group counts as flat.
 
     Returns:
-        `torch.Tensor` of shape `(N,)`, bool. Singleton groups are flat (no within-group signal).
+        `torch.Tensor` of shape `(N,)`, bool. Singleton groups are flat (no within-group signal); non-finite rewards
+        (no reward) are left out of the spread, as the ``meds`` estimator leaves them out of the group statistics.
     """
     keep = torch.zeros(len(group_ids), dtype=torch.bool)
     rows_of: dict = {}
@@ -156,7 +159,8 @@ def groups_with_signal(shaped: torch.Tensor, group_ids: list, atol: float = 1e-9
         rows_of.setdefault(gid, []).append(row)
     for rows in rows_of.values():
         values = shaped[rows]
-        if len(rows) > 1 and float(values.max() - values.min()) > atol:
+        values = values[torch.isfinite(values)]
+        if values.numel() > 1 and float(values.max() - values.min()) > atol:
             keep[rows] = True
     return keep
 
