@@ -19,12 +19,15 @@ from verl_meds.clustering import (
 )
 from verl_meds.config import ClusterConfig
 
+SCALE_FREE = {"merge_distance": 0.0, "max_distance": None}
+"""HDBSCAN without the absolute scale: for blobs in raw units, whose spreads are far above the default scale."""
+
 
 @pytest.mark.parametrize("l2_normalize", [False, True])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_make_blobs_three_known_clusters(seed, l2_normalize):
     X, y = make_blobs(n_samples=90, n_features=6, centers=3, cluster_std=0.4, random_state=seed)
-    labels = fit_labels(X.astype(np.float32), ClusterConfig(l2_normalize=l2_normalize))
+    labels = fit_labels(X.astype(np.float32), ClusterConfig(l2_normalize=l2_normalize, **SCALE_FREE))
     assert labels.shape == (90,) and labels.dtype == np.int64
     assert fowlkes_mallows_score(y, labels) >= 0.9
     assert num_clusters(labels) == 3
@@ -32,7 +35,7 @@ def test_make_blobs_three_known_clusters(seed, l2_normalize):
 
 def test_deterministic_labels():
     X, _ = make_blobs(n_samples=60, n_features=5, centers=4, cluster_std=1.5, random_state=3)
-    cfg = ClusterConfig()
+    cfg = ClusterConfig(**SCALE_FREE)
     first = fit_labels(X, cfg)
     second = fit_labels(X.copy(), cfg)
     assert np.array_equal(first, second)

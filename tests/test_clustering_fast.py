@@ -35,8 +35,13 @@ def _blobs(rng: np.random.Generator, ties: bool) -> np.ndarray:
     return X.astype(np.float32)
 
 
+AUTHORS = {"merge_distance": 0.0, "max_distance": None, "ties": "order"}
+"""Plain HDBSCAN as contrib computes it (no absolute scale, ties in storage order): contrib is the reference."""
+
+
 def _random_config(rng: np.random.Generator, min_samples: int = 1) -> ClusterConfig:
     return ClusterConfig(
+        **AUTHORS,
         min_cluster_size=int(rng.choice([2, 2, 3, 5])),
         min_samples=min_samples,
         metric=str(rng.choice(["euclidean", "manhattan", "chebyshev"])),
@@ -72,7 +77,7 @@ def test_tie_free_inputs_match_contribs_exact_hdbscan(seed):
 
 
 def test_repeated_rows_and_edge_cases_match_contrib():
-    cfg = ClusterConfig()
+    cfg = ClusterConfig(**AUTHORS)
     base = np.random.default_rng(7).normal(size=(6, 4)).astype(np.float32)
     X = np.concatenate([base, base[:3], base[:1], base[:1]])  # exact repeats, as identical responses give
     assert fit_labels(X, cfg).tolist() == fit_labels_reference(X, cfg).tolist()
@@ -105,7 +110,7 @@ def test_memory_steps_match_the_contrib_computation(monkeypatch):
         prompt = np.repeat(np.arange(4), 16)
         features = centres[prompt, rng.integers(0, 3, prompt.size)] + 0.2 * rng.normal(size=(prompt.size, 14))
         steps.append((prompt.tolist(), features.astype(np.float32), np.ones(prompt.size, bool), rng.random(64) < 0.3))
-    config = MEDSConfig.from_dict({"memory": {"capacity": 40}})
+    config = MEDSConfig.from_dict({"memory": {"capacity": 40}, "clustering": AUTHORS})
     fast, reference = ErrorMemory(config), ErrorMemory(config)
     for step in steps:
         sizes_fast, metrics_fast = fast.step(*step)

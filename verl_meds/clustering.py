@@ -130,8 +130,24 @@ def fit_labels(X: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
     if usable is None:
         return labels
     tree = _mutual_reachability_linkage(rows[usable], cfg.min_samples, cfg.metric)  # (M_usable - 1, 4)
-    labels[usable] = _hdbscan_from_linkage(tree, usable.size, cfg.min_cluster_size, cfg.allow_single_cluster)
+    if _scale_free_in_order(cfg):
+        labels[usable] = _hdbscan_from_linkage(tree, usable.size, cfg.min_cluster_size, cfg.allow_single_cluster)
+    else:
+        labels[usable] = _scaled_hdbscan_from_linkage(
+            tree,
+            usable.size,
+            cfg.min_cluster_size,
+            cfg.allow_single_cluster,
+            cfg.merge_distance,
+            cfg.max_distance,
+            merge_ties=cfg.ties == "merge",
+        )
     return labels
+
+
+def _scale_free_in_order(cfg: ClusterConfig) -> bool:
+    """Whether `cfg` asks for plain HDBSCAN as contrib computes it: no absolute scale, ties in storage order."""
+    return cfg.ties == "order" and cfg.merge_distance == 0 and cfg.max_distance is None
 
 
 def fit_labels_reference(X: np.ndarray, cfg: ClusterConfig, algorithm: str = "best") -> np.ndarray:
@@ -141,9 +157,23 @@ def fit_labels_reference(X: np.ndarray, cfg: ClusterConfig, algorithm: str = "be
     Same arguments, edge cases and label numbering (first row) as [`fit_labels`]; used by tests and
     `benchmarks/bench_cluster.py`. `algorithm` is contrib's: `"best"` (its default, what `fit_labels` ran before the
     fast path and what the authors run) or `"generic"` (exact spanning tree, the same tree as [`fit_labels`]).
+
+    Contrib has no absolute scale and takes tied merges in storage order, so it is the reference only for
+    `merge_distance=0, max_distance=None, ties="order"`. Any other config (`ties` must then be `"merge"`) is
+    computed by a plain re-statement of the definition instead: Kruskal's algorithm over all pairs, the
+    components of each distance level formed at once, the condensed tree by recursion, excess of mass, the
+    `merge_distance` climb and the labelling ([`_level_set_labels`]).
+
+    Raises:
+        ValueError: as [`fit_labels`], or for an absolute scale with `ties="order"`.
     """
     rows, labels, usable = _edge_cases(X, cfg)
     if usable is None:
+        return labels
+    if not _scale_free_in_order(cfg):
+        if cfg.ties != "merge":
+            raise ValueError("fit_labels_reference with an absolute scale supports only ties='merge'.")
+        labels[usable] = _level_set_labels(rows[usable], cfg)
         return labels
     import hdbscan  # imported lazily: it pulls in pandas and joblib
 
@@ -157,6 +187,170 @@ def fit_labels_reference(X: np.ndarray, cfg: ClusterConfig, algorithm: str = "be
     )
     labels[usable] = _number_by_first_row(clusterer.fit(rows[usable]).labels_.astype(np.int64))
     return labels
+
+
+def _level_set_labels(rows: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
+    """Labels of `rows` (M >= 2, all finite) with an absolute scale, written from the definition (slow, for tests)."""
+    from scipy.spatial.distance import pdist, squareform
+
+    n = rows.shape[0]
+    distances = squareform(pdist(rows, metric=_SCIPY_METRICS[cfg.metric]))  # (M, M), the fast path's values
+    k = max(1, min(n - 1, cfg.min_samples))
+    core = [sorted(distances[i][j] for j in range(n) if j != i)[k - 1] for i in range(n)]
+    edges = sorted(
+        (max(distances[i][j], core[i], core[j]), i, j)
+        for i in range(n)
+        for j in range(i + 1, n)
+        if cfg.max_distance is None or max(distances[i][j], core[i], core[j]) <= cfg.max_distance
+    )
+    owner = list(range(n))  # union-find over rows
+
+    def find(i: int) -> int:
+        while owner[i] != i:
+            owner[i] = owner[owner[i]]
+            i = owner[i]
+        return i
+
+    node_of = {i: ("row", i) for i in range(n)}  # component root -> its node
+    heights: dict = {}
+    children: dict = {}
+    members: dict = {("row", i): [i] for i in range(n)}
+    position = 0
+    while position < len(edges):
+        level = edges[position][0]
+        joined: dict[int, set[int]] = {}
+        while position < len(edges) and edges[position][0] == level:
+            _, i, j = edges[position]
+            a, b = find(i), find(j)
+            if a != b:
+                owner[a] = b
+                group = joined.pop(a, {a}) | joined.pop(b, {b})
+                for root in group:
+                    joined[root] = group
+            position += 1
+        for group in {id(g): g for g in joined.values()}.values():
+            node = ("merge", len(heights))
+            heights[node] = level
+            children[node] = [node_of[root] for root in group]
+            members[node] = [row for root in group for row in members[node_of[root]]]
+            node_of[find(next(iter(group)))] = node
+    roots = {node_of[find(i)] for i in range(n)}
+
+    def big(node) -> bool:
+        return len(members[node]) >= cfg.min_cluster_size
+
+    def lam(node) -> float:
+        return np.inf if heights[node] == 0 else 1.0 / heights[node]
+
+    clusters: list[dict] = []  # birth, birth_distance, parent, root, terms, exits
+
+    def grow(node, cluster: int) -> None:
+        kids = children.get(node, [])
+        large = [kid for kid in kids if big(kid)]
+        for kid in kids:
+            if not big(kid):
+                for row in members[kid]:
+                    clusters[cluster]["exits"].append((row, lam(node)))
+                    clusters[cluster]["terms"].append(lam(node) - clusters[cluster]["birth"])
+        if len(large) == 1:
+            grow(large[0], cluster)
+        elif len(large) >= 2:
+            for kid in large:
+                clusters.append(
+                    {
+                        "birth": lam(node),
+                        "birth_distance": heights[node],
+                        "parent": cluster,
+                        "root": False,
+                        "terms": [],
+                        "exits": [],
+                    }
+                )
+                clusters[cluster]["terms"].append((lam(node) - clusters[cluster]["birth"]) * len(members[kid]))
+                grow(kid, len(clusters) - 1)
+
+    for root in sorted(roots, key=lambda node: min(members[node])):
+        if big(root):
+            birth = 0.0 if cfg.max_distance is None else 1.0 / cfg.max_distance
+            far = np.inf if cfg.max_distance is None else cfg.max_distance
+            clusters.append(
+                {"birth": birth, "birth_distance": far, "parent": -1, "root": True, "terms": [], "exits": []}
+            )
+            grow(root, len(clusters) - 1)
+    labels = np.full(n, NOISE, dtype=np.int64)
+    if not clusters:
+        return labels
+    stability = []
+    for cluster in clusters:
+        total = 0.0
+        for term in sorted(cluster["terms"]):
+            total += term
+        stability.append(total)
+    kids_of: dict[int, list[int]] = {c: [] for c in range(len(clusters))}
+    for c, cluster in enumerate(clusters):
+        if cluster["parent"] >= 0:
+            kids_of[cluster["parent"]].append(c)
+    kept = {}
+
+    def excess_of_mass(c: int) -> float:
+        subtree = 0.0
+        for value in sorted(excess_of_mass(kid) for kid in kids_of[c]):
+            subtree += value
+        if clusters[c]["root"] and not cfg.allow_single_cluster:
+            kept[c] = False
+            return subtree
+        kept[c] = subtree <= stability[c]
+        return stability[c] if kept[c] else subtree
+
+    selected: set[int] = set()
+
+    def select(c: int) -> None:
+        if kept[c]:
+            selected.add(c)
+        else:
+            for kid in kids_of[c]:
+                select(kid)
+
+    for c, cluster in enumerate(clusters):
+        if cluster["root"]:
+            excess_of_mass(c)
+            select(c)
+    if cfg.merge_distance > 0:
+        lifted = set()
+        for c in selected:
+            while clusters[c]["birth_distance"] < cfg.merge_distance and clusters[c]["parent"] >= 0:
+                above = clusters[c]["parent"]
+                if clusters[above]["root"] and not cfg.allow_single_cluster:
+                    break
+                c = above
+            lifted.add(c)
+        selected = set()
+        for c in lifted:
+            above = clusters[c]["parent"]
+            while above >= 0 and above not in lifted:
+                above = clusters[above]["parent"]
+            if above < 0:
+                selected.add(c)
+
+    def holder(c: int) -> int:
+        while c >= 0 and c not in selected:
+            c = clusters[c]["parent"]
+        return NOISE if c < 0 else c
+
+    exit_lambda = {}
+    for c, cluster in enumerate(clusters):
+        for row, value in cluster["exits"]:
+            labels[row], exit_lambda[row] = holder(c), value
+    roots_selected = [c for c in selected if clusters[c]["root"]]
+    if cfg.max_distance is None and roots_selected:  # contrib keeps only a lone selected root's densest rows
+        root = roots_selected[0]
+        edge_lambdas = [value for _, value in clusters[root]["exits"]]
+        edge_lambdas += [clusters[kid]["birth"] for kid in kids_of[root]]
+        floor = 1.0 / cfg.merge_distance if cfg.merge_distance > 0 else max(edge_lambdas, default=0.0)
+        for row, value in exit_lambda.items():
+            if labels[row] == root and value < floor:
+                labels[row] = NOISE
+    return _number_by_first_row(labels)
 
 
 _SCIPY_METRICS = {"euclidean": "euclidean", "manhattan": "cityblock", "chebyshev": "chebyshev"}
@@ -315,6 +509,157 @@ def _excess_of_mass(
     return np.array(holder, dtype=np.intp)
 
 
+def _scaled_hdbscan_from_linkage(
+    tree: np.ndarray,
+    num_rows: int,
+    min_cluster_size: int,
+    allow_single_cluster: bool,
+    merge_distance: float,
+    max_distance: float | None,
+    merge_ties: bool,
+) -> np.ndarray:
+    """
+    HDBSCAN labels with an absolute scale, from a single-linkage tree (see the module docstring, "Absolute scale").
+
+    1. Merges above `max_distance` are dropped: the tree becomes a forest, each tree is clustered on its own, its
+       root is born at lambda `1 / max_distance` and may be selected (when `allow_single_cluster`) like any cluster,
+       with all its rows. Trees with fewer than `min_cluster_size` rows are noise.
+    2. With `merge_ties`, a merge at the same height as its parent merge is folded into it, so a node has all the
+       components that join at its height as children (the level sets of HDBSCAN's definition; any minimum
+       spanning tree and any merge order give the same nodes).
+    3. Condensed tree: a node splits its cluster when two or more of its children have `min_cluster_size` rows;
+       each such child starts a cluster born at the node's lambda, the other children's rows leave at that lambda.
+       Stability and excess of mass are HDBSCAN's (children's stabilities summed in ascending order, so the result
+       does not depend on node numbering).
+    4. A selected cluster born below `merge_distance` is replaced by its nearest ancestor born at or above it (a
+       tree's root counts as born at `max_distance`; with `allow_single_cluster=False` the climb stops below it).
+    5. A row is labelled with the selected cluster it leaves or that holds the cluster it leaves, else `NOISE`.
+       Without `max_distance`, a selected root keeps only its densest rows, as contrib does: rows leaving it at
+       lambda >= `1 / merge_distance`, or at its largest lambda when `merge_distance` is 0.
+
+    Args:
+        tree (`np.ndarray` of shape `(M - 1, 4)`): single-linkage tree ([`_mutual_reachability_linkage`]).
+        num_rows (`int`): M >= 2.
+        min_cluster_size (`int`): HDBSCAN `min_cluster_size`.
+        allow_single_cluster (`bool`): a tree's root may be selected.
+        merge_distance (`float`): `ClusterConfig.merge_distance` (0: off).
+        max_distance (`float` or `None`): `ClusterConfig.max_distance` (`None`: off).
+        merge_ties (`bool`): fold equal-height merges together (`ClusterConfig.ties == "merge"`).
+
+    Returns:
+        `np.ndarray` of shape `(M,)`, int64 labels numbered by first row, `NOISE` for noise.
+    """
+    n = num_rows
+    num_nodes = 2 * n - 1
+    nodes = np.arange(num_nodes)
+    left, right = tree[:, 0].astype(np.intp), tree[:, 1].astype(np.intp)  # (M - 1,)
+    height = np.zeros(num_nodes)  # (2M - 1,) merge height; 0 for rows
+    height[n:] = tree[:, 2]
+    kept = np.ones(num_nodes, dtype=bool)  # rows and merges at or below max_distance
+    if max_distance is not None:
+        kept[n:] = tree[:, 2] <= max_distance
+    live = kept[n:]
+    parent = nodes.copy()  # tree roots point to themselves
+    parent[left[live]] = nodes[n:][live]
+    parent[right[live]] = nodes[n:][live]
+    is_root = (parent == nodes) & kept
+    folded = np.zeros(num_nodes, dtype=bool)
+    if merge_ties:
+        folded[n:] = kept[n:] & ~is_root[n:] & (height[parent[n:]] == height[n:])
+    top = _jump_to_roots(np.where(folded, parent, nodes))  # (2M - 1,) the node each folded merge joins
+    node_parent = top[parent]  # (2M - 1,) parent in the folded tree (roots: themselves)
+    size = np.ones(num_nodes, dtype=np.intp)
+    size[n:] = tree[:, 3].astype(np.intp)
+    big = kept & ~folded & (size >= min_cluster_size)
+    big_children = np.bincount(node_parent[big & ~is_root], minlength=num_nodes)  # (2M - 1,)
+    starts = big & (is_root | (big_children[node_parent] >= 2))
+    starts_at = np.flatnonzero(starts)  # (K,) children before parents
+    labels = np.full(n, NOISE, dtype=np.int64)
+    if starts_at.size == 0:
+        return labels
+    num_clusters = starts_at.size
+    cluster_node = _jump_to_roots(np.where(starts, nodes, node_parent))  # (2M - 1,) start node of each cluster
+    exit_node = _jump_to_roots(np.where(big, nodes, node_parent))[:n]  # (M,) nearest big ancestor of each row
+    has_exit = big[exit_node]  # (M,) False: the row's tree is smaller than min_cluster_size
+    lam = np.zeros(num_nodes)
+    with np.errstate(divide="ignore"):
+        lam[n:] = np.where(height[n:] > 0.0, 1.0 / height[n:], np.inf)
+
+    cluster_of = np.full(num_nodes, -1, dtype=np.intp)
+    cluster_of[starts_at] = np.arange(num_clusters)
+    root_cluster = is_root[starts_at]  # (K,)
+    parent_cluster = np.where(root_cluster, -1, cluster_of[cluster_node[node_parent[starts_at]]])  # (K,)
+    root_birth = 0.0 if max_distance is None else 1.0 / max_distance
+    birth = np.where(root_cluster, root_birth, lam[node_parent[starts_at]])  # (K,)
+    birth_distance = np.where(
+        root_cluster, np.inf if max_distance is None else max_distance, height[node_parent[starts_at]]
+    )  # (K,)
+
+    rows = np.flatnonzero(has_exit)
+    row_cluster = cluster_of[cluster_node[exit_node[rows]]]  # (R,)
+    row_lambda = lam[exit_node[rows]]  # (R,)
+    children = np.flatnonzero(~root_cluster)
+    edge_cluster = np.concatenate([row_cluster, parent_cluster[children]])
+    edge_lambda = np.concatenate([row_lambda, birth[children]])
+    edge_size = np.concatenate([np.ones(rows.size), size[starts_at[children]].astype(np.float64)])
+    terms = (edge_lambda - birth[edge_cluster]) * edge_size
+    order = np.lexsort((terms, edge_cluster))  # ascending terms within each cluster: independent of numbering
+    stability = np.bincount(edge_cluster[order], weights=terms[order], minlength=num_clusters).tolist()  # (K,)
+
+    parents = parent_cluster.tolist()
+    kids: list[list[int]] = [[] for _ in range(num_clusters)]
+    for child in children.tolist():
+        kids[parents[child]].append(child)
+    roots = root_cluster.tolist()
+    kept_cluster = [False] * num_clusters
+    for cluster in range(num_clusters):  # excess of mass, children first
+        if roots[cluster] and not allow_single_cluster:
+            continue
+        subtree = 0.0
+        for value in sorted(stability[child] for child in kids[cluster]):
+            subtree += value
+        if subtree > stability[cluster]:
+            stability[cluster] = subtree
+        else:
+            kept_cluster[cluster] = True
+    selected = [False] * num_clusters
+    blocked = [False] * num_clusters
+    for cluster in range(num_clusters - 1, -1, -1):  # parents first
+        above = parents[cluster]
+        blocked[cluster] = above >= 0 and (blocked[above] or kept_cluster[above])
+        selected[cluster] = kept_cluster[cluster] and not blocked[cluster]
+    if merge_distance > 0:
+        born_at = birth_distance.tolist()
+        targets = set()
+        for cluster in np.flatnonzero(selected).tolist():
+            while born_at[cluster] < merge_distance and parents[cluster] >= 0:
+                above = parents[cluster]
+                if roots[above] and not allow_single_cluster:
+                    break
+                cluster = above
+            targets.add(cluster)
+        selected = [False] * num_clusters
+        for cluster in targets:
+            above, covered = parents[cluster], False
+            while above >= 0 and not covered:
+                covered, above = above in targets, parents[above]
+            selected[cluster] = not covered
+    holder = [NOISE] * num_clusters
+    for cluster in range(num_clusters - 1, -1, -1):
+        above = parents[cluster]
+        holder[cluster] = cluster if selected[cluster] else (holder[above] if above >= 0 else NOISE)
+    row_label = np.asarray(holder, dtype=np.int64)[row_cluster]  # (R,)
+    if max_distance is None and any(selected[c] for c in np.flatnonzero(root_cluster).tolist()):
+        root = int(np.flatnonzero(root_cluster)[0])  # without a cut there is one tree
+        if merge_distance > 0:
+            dense = row_lambda >= 1.0 / merge_distance
+        else:
+            dense = row_lambda >= float(edge_lambda[edge_cluster == root].max(initial=0.0))
+        row_label = np.where(dense | (row_label != root), row_label, NOISE)
+    labels[rows] = row_label
+    return _number_by_first_row(labels)
+
+
 def _number_by_first_row(raw: np.ndarray) -> np.ndarray:
     """Relabel cluster ids (ints >= 0) 0..K-1 in the order of each cluster's first row; `NOISE` stays."""
     labels = np.full(raw.shape[0], NOISE, dtype=np.int64)  # (M,)
@@ -419,15 +764,24 @@ def knn_assign(
     k: int,
     metric: str = "euclidean",
     ties_to_noise: bool = False,
+    max_distance: float | None = None,
+    merge_ties: bool = False,
 ) -> np.ndarray:
     """
     Label of each new row by majority vote among its `k` nearest old rows.
 
-    Neighbours are ordered by distance, equal distances by old row index. A tie between labels goes to the
-    non-noise label whose member is nearest among the neighbours; a tie never goes to [`NOISE`] when a non-noise
-    label is part of it. A vote won by noise alone gives `NOISE` (cluster size 0). Rows are used as given, so apply
-    the preprocessing of the fit first ([`prepare_rows`]). Non-finite new rows get `NOISE`; non-finite old rows
-    never vote. With fewer than `k` usable old rows, all of them vote.
+    Only old rows within `max_distance` of the new row vote (all of them when it is `None`); a new row with no
+    voter gets `NOISE`. A tie between labels goes to the non-noise label whose member is nearest among the
+    neighbours; a tie never goes to [`NOISE`] when a non-noise label is part of it. A vote won by noise alone gives
+    `NOISE` (cluster size 0). Rows are used as given, so apply the preprocessing of the fit first
+    ([`prepare_rows`]). Non-finite new rows get `NOISE`; non-finite old rows never vote. With fewer than `k`
+    usable old rows, all of them vote.
+
+    Equal distances: by default (`merge_ties=False`, the authors' rule) neighbours at equal distance are ordered by
+    old row index, so the order of the stored rows can decide the vote. With `merge_ties=True` the result depends
+    only on the rows, not their order: every old row at the distance of the `k`-th neighbour votes too, and labels
+    still tied after the nearest-member rule go to the larger cluster (members among all old rows), then to the
+    cluster holding the lexicographically smallest old row.
 
     Args:
         X_new (`np.ndarray` of shape `(n, F)`):
@@ -442,6 +796,10 @@ def knn_assign(
             `"euclidean"`, `"manhattan"` or `"chebyshev"`.
         ties_to_noise (`bool`, *optional*, defaults to `False`):
             The authors' fault, for `ClusterConfig.fork_faults`: any tied vote gives `NOISE`.
+        max_distance (`float` or `None`, *optional*, defaults to `None`):
+            `ClusterConfig.max_distance`: farther old rows do not vote.
+        merge_ties (`bool`, *optional*, defaults to `False`):
+            Order-free tie rules (`ClusterConfig.ties == "merge"`), see above.
 
     Returns:
         `np.ndarray` of shape `(n,)`, dtype int64: the assigned labels.
@@ -466,7 +824,17 @@ def knn_assign(
     k_eff = min(k, voters.shape[0])
     votes = []
     for row in distances:
-        neighbour_labels = voters[np.argsort(row, kind="stable")[:k_eff]]  # nearest first
+        order = np.argsort(row, kind="stable")  # nearest first
+        if merge_ties:
+            order = order[row[order] <= row[order[k_eff - 1]]]  # every row at the k-th distance votes
+        else:
+            order = order[:k_eff]
+        if max_distance is not None:
+            order = order[row[order] <= max_distance]
+        if order.size == 0:
+            votes.append(NOISE)
+            continue
+        neighbour_labels = voters[order]
         values, counts = np.unique(neighbour_labels, return_counts=True)
         tied = values[counts == counts.max()]
         if ties_to_noise and tied.size > 1:
@@ -476,10 +844,27 @@ def knn_assign(
         if candidates.size == 0:
             votes.append(NOISE)
             continue
+        if merge_ties and candidates.size > 1:
+            votes.append(_break_tie(candidates, row[order], neighbour_labels, X_old[old_ok], voters))
+            continue
         # The nearest neighbour carrying a candidate label decides the tie.
         votes.append(int(next(label for label in neighbour_labels if label in candidates)))
     assigned[new_ok] = votes
     return assigned
+
+
+def _break_tie(
+    candidates: np.ndarray, distances: np.ndarray, labels: np.ndarray, old_rows: np.ndarray, old_labels: np.ndarray
+) -> int:
+    """The label among tied `candidates` with the nearest voting member, then the most members among all old rows,
+    then the lexicographically smallest member row: a choice that does not depend on the order of the rows."""
+
+    def key(label: int) -> tuple:
+        members = old_rows[old_labels == label]  # (c, F)
+        smallest = members[np.lexsort(members.T[::-1])[0]]  # lexicographic minimum, first column first
+        return (float(distances[labels == label].min()), -members.shape[0], tuple(smallest.tolist()))
+
+    return int(min(candidates.tolist(), key=key))
 
 
 def cluster_sizes_for_new(
@@ -524,7 +909,16 @@ def cluster_sizes_for_new(
     rows_new, new_ok = prepare_rows(X_new, cfg.l2_normalize)
     rows_old[~old_ok] = np.nan  # non-finite rows stay out of the vote
     rows_new[~new_ok] = np.nan
-    assigned = knn_assign(rows_new, rows_old, labels_old, cfg.knn_k, cfg.metric, ties_to_noise=cfg.fork_faults)  # (n,)
+    assigned = knn_assign(
+        rows_new,
+        rows_old,
+        labels_old,
+        cfg.knn_k,
+        cfg.metric,
+        ties_to_noise=cfg.fork_faults,
+        max_distance=cfg.max_distance,
+        merge_ties=cfg.ties == "merge",
+    )  # (n,)
     history_counts = member_counts(labels_old)  # (m,) size of each stored point's cluster, 0 for noise
     history_sizes = {int(label): int(count) for label, count in zip(labels_old, history_counts, strict=True)}
     if cfg.fork_faults:  # the authors' fault: a noise vote is charged the number of stored noise points

@@ -30,6 +30,7 @@ CLUSTER_METHODS = ("hdbscan", "single", "answer")
 ASSIGNMENTS = ("joint", "knn")
 # Metrics that `hdbscan.HDBSCAN` accepts with its default ("best") algorithm and that `knn_assign` implements.
 CLUSTER_METRICS = ("euclidean", "manhattan", "chebyshev")
+TIE_RULES = ("merge", "order")
 PENALTY_TARGETS = ("wrong", "right", "both", "none")
 
 
@@ -247,6 +248,27 @@ class ClusterConfig:
         allow_single_cluster (`bool`, *optional*, defaults to `True`):
             HDBSCAN `allow_single_cluster`. With `False` (the `hdbscan` default the recipe kept) HDBSCAN never
             returns a single cluster, so a prompt whose stored responses are all alike gets only noise (|C| = 0).
+
+        > Parameters that give the clustering an absolute scale (distances between rows as clustered: on the unit
+        > sphere, 0 to 2, with `l2_normalize` and the euclidean metric; `docs/clustering.md` has the measurements
+        > behind the defaults)
+
+        merge_distance (`float`, *optional*, defaults to `0.001`):
+            Rows closer than this are the same error. A cluster that HDBSCAN would select, but that splits off its
+            parent below this distance, is replaced by its nearest ancestor that splits off at or above it (the
+            `cluster_selection_epsilon` of [Malzer & Baum 2019](https://arxiv.org/abs/1911.02282)), so groups of
+            near-identical rows stay whole. `0` turns it off.
+        max_distance (`float` or `None`, *optional*, defaults to `0.005`):
+            Rows farther than this from every other row are noise, and no cluster joins rows across a larger gap:
+            the single-linkage tree is cut at this height and each remaining tree is clustered on its own (its
+            root may be selected as one cluster, see `allow_single_cluster`). `None` turns it off (HDBSCAN is
+            then scale-free: any two rows can form a cluster). Must be >= `merge_distance`.
+        ties (`Literal["merge", "order"]`, *optional*, defaults to `"merge"`):
+            Merges at equal distances. `"merge"` applies all merges of one height at once (the level sets of
+            HDBSCAN's definition), so labels do not depend on the order of the rows. `"order"` takes them one
+            at a time in the order scipy's single linkage emits them, as contrib `hdbscan` and the authors do;
+            the result can then change when rows are reordered. It also selects the k-NN vote's tie rule (see
+            `verl_meds.clustering.knn_assign`).
         fork_faults (`bool`, *optional*, defaults to `False`):
             Reproduce, in `assignment="knn"`, two assignment faults of the authors' code (for comparison studies
             only): a response whose vote is won by noise is charged the number of stored noise points, and a tied
@@ -261,6 +283,9 @@ class ClusterConfig:
     metric: str = "euclidean"
     l2_normalize: bool = True
     allow_single_cluster: bool = True
+    merge_distance: float = 0.001
+    max_distance: float | None = 0.005
+    ties: Literal["merge", "order"] = "merge"
     fork_faults: bool = False
 
     def __post_init__(self) -> None:
@@ -272,6 +297,15 @@ class ClusterConfig:
         _check_choice("ClusterConfig", "metric", self.metric, CLUSTER_METRICS)
         _check_bool("ClusterConfig", "l2_normalize", self.l2_normalize)
         _check_bool("ClusterConfig", "allow_single_cluster", self.allow_single_cluster)
+        _check_float("ClusterConfig", "merge_distance", self.merge_distance, 0.0)
+        if self.max_distance is not None:
+            _check_float("ClusterConfig", "max_distance", self.max_distance, 0.0, strict=True)
+            if self.max_distance < self.merge_distance:
+                raise ValueError(
+                    f"ClusterConfig.max_distance ({self.max_distance!r}) must be >= merge_distance "
+                    f"({self.merge_distance!r})."
+                )
+        _check_choice("ClusterConfig", "ties", self.ties, TIE_RULES)
         _check_bool("ClusterConfig", "fork_faults", self.fork_faults)
         if self.fork_faults and self.assignment != "knn":
             raise ValueError(
@@ -363,7 +397,8 @@ class MEDSConfig:
 
         fork_parity (`bool`, *optional*, defaults to `False`):
             Run the authors' algorithm order and formulas: kNN vote (k = 3) over the previous fit, then a refit
-            (`clustering.assignment="knn"`, `min_cluster_size=2`, `min_samples=1`, L2-normalised euclidean); the
+            (`clustering.assignment="knn"`, `min_cluster_size=2`, `min_samples=1`, L2-normalised euclidean, no
+            absolute scale: `merge_distance=0`, `max_distance=None`, ties taken in storage order); the
             penalty cap written as `alpha * min(ln(|C| + 1), 2)` (`shaping.beta = 2 * alpha`); right answers divided
             by `1 + penalty` (`shaping.penalty_target="both"`, right and wrong answers kept apart); no final norm on
             intermediate layers (`features.final_norm=False`). These fields are overwritten when it is set.
@@ -404,6 +439,9 @@ class MEDSConfig:
                 metric="euclidean",
                 l2_normalize=True,
                 allow_single_cluster=not faults,
+                merge_distance=0.0,
+                max_distance=None,
+                ties="order",
                 fork_faults=faults,
             )
             self.features = dataclasses.replace(self.features, final_norm=False)
