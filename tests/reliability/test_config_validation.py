@@ -50,6 +50,10 @@ BAD_VALUES = [
     ("clustering", "metric", "cosine", "['euclidean', 'manhattan', 'chebyshev']"),
     ("clustering", "l2_normalize", "true", "bool (True or False)"),
     ("clustering", "allow_single_cluster", None, "bool (True or False)"),
+    ("clustering", "merge_distance", -0.1, "finite number >= 0.0"),
+    ("clustering", "max_distance", 0.0, "finite number > 0.0"),
+    ("clustering", "max_distance", 0.0005, "must be >= merge_distance"),
+    ("clustering", "ties", "random", "['merge', 'order']"),
     ("clustering", "fork_faults", "yes", "bool (True or False)"),
     ("clustering", "fork_faults", True, "needs assignment='knn'"),
     ("shaping", "alpha", -0.1, "finite number >= 0.0"),
@@ -180,8 +184,14 @@ def test_main_refuses_bad_options_before_ray_starts(tmp_path):
     from transformers import Qwen2Config
 
     model_dir = tmp_path / "model"
-    Qwen2Config(num_hidden_layers=4, hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                num_key_value_heads=1, vocab_size=64).save_pretrained(model_dir)
+    Qwen2Config(
+        num_hidden_layers=4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=64,
+    ).save_pretrained(model_dir)
     base = [
         f"actor_rollout_ref.model.path={model_dir}",
         f"data.train_files={tmp_path / 'none.parquet'}",
@@ -196,11 +206,20 @@ def test_main_refuses_bad_options_before_ray_starts(tmp_path):
         "unknown_key": [*base, "+meds.shaping.alpah=0.1"],
         "multi_turn": [*base, "actor_rollout_ref.rollout.multi_turn.enable=true"],
     }
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HOME": str(tmp_path),
-           "VERL_MEDS_CPU": "1"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HOME": str(tmp_path),
+        "VERL_MEDS_CPU": "1",
+    }
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_STARTUP_SCRIPT), json.dumps(cases), str(ROOT / "recipes/meds/config")],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
