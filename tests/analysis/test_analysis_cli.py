@@ -25,7 +25,7 @@ def training_records(collapse: bool, seed: int) -> list[dict]:
             for sample in range(10):
                 mode = 0 if collapse and step > 0 else sample % 3
                 correct = sample == 9
-                features = centers[mode] + rng.normal(scale=0.01, size=4)
+                features = centers[mode] + rng.normal(scale=1e-4, size=4)  # within the default merge_distance
                 records.append({"step": step, "prompt_id": prompt, "sample_index": sample, "correct": correct,
                                 "answer": "right" if correct else f"wrong{mode}", "features": features.tolist(),
                                 "label": None if correct else f"mode{mode}"})

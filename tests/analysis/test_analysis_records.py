@@ -20,7 +20,7 @@ from verl_meds.config import MEDSConfig
 from verl_meds.memory import ErrorMemory
 
 
-def blob(center, count, rng, scale=0.01):
+def blob(center, count, rng, scale=1e-4):  # spread within ClusterConfig.merge_distance
     return [list(np.asarray(center, dtype=float) + rng.normal(scale=scale, size=3)) for _ in range(count)]
 
 

@@ -97,7 +97,7 @@ def write_run(folder: Path, seed: int, modes_per_step: list[list[str]], val_corr
                 wrong = _wrong_answer(problem, mode) if mode != "correct" else None
                 correct = mode == "correct" or wrong is None
                 answer = problem.answer if correct else wrong
-                features = (centres.get(mode, np.zeros(4)) + 0.01 * rng.normal(size=4)).tolist()
+                features = (centres.get(mode, np.zeros(4)) + 1e-4 * rng.normal(size=4)).tolist()
                 lines.append(
                     {
                         "step": step,
