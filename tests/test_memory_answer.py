@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from verl_meds.answer import answer_key
+from verl_meds.answer import ANSWER_KEY_VERSION, answer_key
 from verl_meds.clustering import fit_labels
 from verl_meds.config import ClusterConfig, MEDSConfig
 from verl_meds.memory import ErrorMemory
@@ -89,7 +89,7 @@ def test_state_dict_round_trip_and_fingerprint():
         _step(memory, ["p", "p", 7], step_keys)
     state = pickle.loads(pickle.dumps(memory.state_dict()))
     assert state["fingerprint"] == {"memory_keys": "answer"} and state["num_features"] is None
-    assert "features" not in state["buffers"][0] and state["answer_key_version"] == 1
+    assert "features" not in state["buffers"][0] and state["answer_key_version"] == ANSWER_KEY_VERSION
     restored = _memory(memory={"capacity": 5})
     restored.load_state_dict(state)
     for a, b in zip(restored.state_dict()["buffers"], memory.state_dict()["buffers"], strict=True):

@@ -27,11 +27,33 @@ Shape glossary (used in every docstring and `# (..)` comment):
 | K | clusters |
 """
 
-from .answer import extract_boxed, locate_answer_token, locate_answer_tokens
-from .clustering import NOISE
-from .config import ClusterConfig, FeatureConfig, MEDSConfig, MemoryConfig, ShapingConfig
-from .memory import ErrorMemory
-from .shaping import grpo_advantages, grpo_advantages_reference, penalty_from_cluster_sizes, shape_rewards
+import importlib
+
+_EXPORTS = {
+    "extract_boxed": "answer",
+    "locate_answer_token": "answer",
+    "locate_answer_tokens": "answer",
+    "NOISE": "clustering",
+    "ClusterConfig": "config",
+    "FeatureConfig": "config",
+    "MEDSConfig": "config",
+    "MemoryConfig": "config",
+    "ShapingConfig": "config",
+    "ErrorMemory": "memory",
+    "grpo_advantages": "shaping",
+    "grpo_advantages_reference": "shaping",
+    "penalty_from_cluster_sizes": "shaping",
+    "shape_rewards": "shaping",
+}
+
+
+def __getattr__(name: str):
+    # Submodules load on first use, so that a grading worker (`verl_meds.grading`) never imports torch.
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'verl_meds' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
 
 __version__ = "0.1.0"
 

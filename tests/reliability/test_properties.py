@@ -38,7 +38,7 @@ pytest.importorskip("verl")
 
 from meds_pipeline import CharTokenizer, driver_step, pad_rows, token_scores_fn  # noqa: E402
 
-from verl_meds.answer import BOX_MARKERS, extract_boxed, locate_answer_tokens  # noqa: E402
+from verl_meds.answer import extract_boxed, locate_answer_tokens  # noqa: E402
 from verl_meds.config import (  # noqa: E402
     ASSIGNMENTS,
     CLUSTER_METHODS,
@@ -74,6 +74,9 @@ FRAGMENTS = [
     "\\fbox{",
     "\\boxed{}",
     "\\boxed{ }",
+    "\\boxed {7}",
+    "\\fbox\n\t{8}",
+    "\\boxed",
     "\\boxed{\\boxed{1}}",
     "\\boxed{1}\\boxed{2}",
     "\\boxed{\\frac{1}{2}}",
@@ -115,11 +118,21 @@ FAULTS = {"reproduce_fork_faults": True}
 
 
 def reference_answer_char(text: str) -> int:
-    r"""Char index of the first answer character after the last `\boxed{`/`\fbox{` of `text`, -1 if none."""
-    found = max(((text.rfind(m), m) for m in BOX_MARKERS if m in text), default=None)
-    if found is None:
+    r"""Char index of the first answer character after the last `\boxed{`/`\fbox{` of `text` (whitespace allowed
+    before the brace), -1 if none. A plain scan from the end, independent of the regex in `verl_meds.answer`."""
+    start = -1
+    for i in range(len(text) - 1, -1, -1):
+        for command in ("\\boxed", "\\fbox"):
+            if text.startswith(command, i):
+                j = i + len(command)
+                while j < len(text) and text[j].isspace():
+                    j += 1
+                if j < len(text) and text[j] == "{":
+                    start = j + 1
+        if start >= 0:
+            break
+    if start < 0:
         return -1
-    start = found[0] + len(found[1])
     rest = text[start:].lstrip()
     if not rest or rest[0] == "}":
         return -1

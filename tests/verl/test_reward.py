@@ -54,16 +54,21 @@ CASES = [
 ]
 
 
+def _ok(score: float, correct: bool) -> dict:
+    """The fields of a score dict whose grading finished in time."""
+    return {"score": score, "acc": float(correct), "grading_timeout": 0.0, "grading_error": 0.0}
+
+
 @pytest.mark.parametrize(("completion", "ground_truth", "correct", "pred"), CASES)
 def test_compute_score(completion, ground_truth, correct, pred):
     result = compute_score("gsm8k", completion, ground_truth, extra_info={"index": 0})
-    assert result == {"score": 1.0 if correct else -1.0, "acc": float(correct), "pred": pred}
+    assert result == {**_ok(1.0 if correct else -1.0, correct), "pred": pred}
 
 
 @pytest.mark.parametrize(("completion", "ground_truth", "correct", "pred"), CASES)
 def test_compute_score_acc(completion, ground_truth, correct, pred):
     result = compute_score_acc("gsm8k", completion, ground_truth)
-    assert result == {"score": float(correct), "acc": float(correct), "pred": pred}
+    assert result == {**_ok(float(correct), correct), "pred": pred}
 
 
 @pytest.mark.parametrize(
@@ -85,8 +90,8 @@ def test_is_correct_direct():
 
 
 def test_none_or_empty_solution_is_wrong():
-    assert compute_score("x", None, "1") == {"score": -1.0, "acc": 0.0, "pred": ""}
-    assert compute_score_acc("x", "", "1") == {"score": 0.0, "acc": 0.0, "pred": ""}
+    assert compute_score("x", None, "1") == {**_ok(-1.0, False), "pred": ""}
+    assert compute_score_acc("x", "", "1") == {**_ok(0.0, False), "pred": ""}
 
 
 def test_grading_works_off_the_main_thread():

@@ -5,7 +5,8 @@ verl's estimator wrote the GRPO advantages and before the policy loss, when the 
 enabled (``exploration.enable=true``; methods ``explore_hist`` and ``explore_batch`` of the recipes). Per step:
 
 1. decode each response, take the content of its last ``\\boxed{}`` and turn it into an answer key
-   (:func:`verl_meds.answer.answer_key`; no closed box -> :data:`verl_meds.exploration.NO_ANSWER`);
+   (:func:`verl_meds.grading.answer_keys`, bounded in time; no closed box, or a key that hit the bound ->
+   :data:`verl_meds.exploration.NO_ANSWER`);
 2. compute ``c * bonus`` per response (:func:`verl_meds.exploration.exploration_bonus`; historical exploration
    reads and updates the per-prompt answer counts N(x, a), which the trainer checkpoints next to the model);
 3. add it to the per-token advantages before the answer's first token
@@ -19,9 +20,13 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from verl_meds.answer import TokenizerLike, answer_key, extract_boxed, locate_answer_tokens
+from verl_meds.answer import TokenizerLike, extract_boxed, locate_answer_tokens
 from verl_meds.config import ExplorationConfig
 from verl_meds.exploration import NO_ANSWER, AnswerCounts, apply_bonus_to_advantages, exploration_bonus
+from verl_meds.grading import OK, TIMEOUT, answer_keys
+
+ANSWER_KEY_TIMEOUTS = "meds/answer_key/timeouts"
+ANSWER_KEY_ERRORS = "meds/answer_key/errors"
 
 
 def exploration_config_from_trainer_config(config: DictConfig) -> ExplorationConfig:
@@ -34,9 +39,16 @@ def exploration_config_from_trainer_config(config: DictConfig) -> ExplorationCon
     return ExplorationConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
 
 
-def response_answer_keys(texts: list[str]) -> list[str | None]:
-    """Answer key of each decoded response (content of its last closed ``\\boxed{}``), ``None`` when it has none."""
-    return [answer_key(extract_boxed(text)) for text in texts]
+def response_answer_keys(texts: list[str]) -> tuple[list[str | None], dict[str, float]]:
+    """Answer key of each decoded response (content of its last closed ``\\boxed{}``), ``None`` when it has none or
+    its key hit the time bound; and the metrics ``meds/answer_key/timeouts`` and ``meds/answer_key/errors``
+    (number of responses whose key timed out or failed)."""
+    keys, statuses = answer_keys([extract_boxed(text) for text in texts])
+    metrics = {
+        ANSWER_KEY_TIMEOUTS: float(sum(status == TIMEOUT for status in statuses)),
+        ANSWER_KEY_ERRORS: float(sum(status not in (OK, TIMEOUT) for status in statuses)),
+    }
+    return keys, metrics
 
 
 def explore_advantages(
@@ -67,8 +79,10 @@ def explore_advantages(
         `tuple`: advantages `(N, T)` (dtype of ``advantages``) and metrics.
     """
     texts = [tokenizer.decode(row[mask.bool()].tolist()) for row, mask in zip(responses, response_mask, strict=True)]
-    keys = [key if key is not None else NO_ANSWER for key in response_answer_keys(texts)]
+    found, key_metrics = response_answer_keys(texts)
+    keys = [key if key is not None else NO_ANSWER for key in found]
     bonus, metrics = exploration_bonus(config, counts, prompt_ids, keys, group_ids, correct)  # (N,)
+    metrics.update(key_metrics)
     answer_index = locate_answer_tokens(responses, response_mask, tokenizer) if config.mask_answer_tokens else None
     shaped = apply_bonus_to_advantages(advantages, response_mask, torch.from_numpy(bonus), answer_index)  # (N, T)
     return shaped, metrics

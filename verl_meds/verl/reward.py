@@ -1,86 +1,87 @@
-"""Rule-based math reward for verl: grade the last ``\\boxed{}`` with math-verify.
+"""Rule-based math reward for verl: grade the last ``\\boxed{}`` with math-verify, in a bounded time.
 
 Point verl at these functions with ``reward.custom_reward_function.path=<this file>`` and ``name=``:
 
 - :func:`compute_score` (DAPO-style): ``score`` = +1 when correct, -1 otherwise.
 - :func:`compute_score_acc` (accuracy): ``score`` = 1 when correct, 0 otherwise.
 
-Both also return ``acc`` (1.0 / 0.0, what verl's dynamic sampling filters on and what MEDS reads as correctness)
-and ``pred`` (the extracted answer, "" when there is none). The overlong buffer of DAPO is verl's own
+Both also return ``acc`` (1.0 / 0.0, what verl's dynamic sampling filters on and what MEDS reads as correctness),
+``pred`` (the extracted answer, "" when there is none) and ``grading_timeout`` / ``grading_error`` (1.0 when the
+grading hit its time bound or failed: the response is then graded wrong; the trainer logs their means as
+``reward/grading_timeout_frac`` and ``reward/grading_error_frac``). The overlong buffer of DAPO is verl's own
 (``reward.reward_manager.name=dapo`` with ``reward.reward_kwargs.overlong_buffer_cfg``), added on top of ``score``.
 
-Grading (math-verify convention: the gold answer is passed first, since ``verify`` is not symmetric): the
-response's answer is the content of its last ``\\boxed{}``/``\\fbox{}``; gold and answer are parsed as LaTeX
-(``$...$``) and compared with ``math_verify.verify``. math-verify's timeouts use ``signal`` and only work in the
-main thread, while verl calls reward functions from executor threads, so they are switched off here. If
-math-verify raises or parses nothing, the documented fallback is an exact match of the normalised strings
-(whitespace, ``\\!``, ``\\,``, ``$`` and a trailing ``.`` removed).
+Grading is :func:`verl_meds.grading.grade`: math-verify's ``verify`` (gold first) behind three small rules
+(spellings unified, only fully understood answers compared as math, exact numbers compared exactly), run in worker
+processes so that every response is graded within ``timeout_seconds`` (default 5 s; pass it through
+``reward.custom_reward_function.reward_kwargs`` or set ``VERL_MEDS_GRADING_TIMEOUT``) from whatever thread verl
+calls it.
 """
 
 from __future__ import annotations
 
-import logging
-import re
 from typing import Any
 
 from verl_meds.answer import extract_boxed
-
-logger = logging.getLogger(__name__)
-
-_STRIP = re.compile(r"(\s+|\\!|\\,|\\;|\$)")
+from verl_meds.grading import ERROR, TIMEOUT, Grade, grade
 
 
-def _normalise(text: str) -> str:
-    return _STRIP.sub("", str(text)).rstrip(".")
-
-
-def is_correct(pred: str, ground_truth: Any) -> bool:
-    """Whether ``pred`` (an extracted answer, no ``\\boxed``) equals ``ground_truth`` under math-verify.
+def is_correct(pred: str, ground_truth: Any, timeout_seconds: float | None = None) -> bool:
+    """Whether ``pred`` (an extracted answer, no ``\\boxed``) equals ``ground_truth`` (``verl_meds.grading.grade``).
 
     Args:
         pred (`str`): the model's final answer.
-        ground_truth (`str`, `int`, `float` or `list`): the reference; a list means any of its items.
+        ground_truth (`str`, `int`, `float` or `list`): the reference; a list means any of its items; numbers are
+            written in positional notation (``1e-05`` is ``0.00001``).
+        timeout_seconds (`float`, *optional*): time bound of the comparison (default 5 s).
 
     Returns:
-        `bool`: math-verify's verdict, or the normalised-string fallback when math-verify cannot decide.
+        `bool`: the verdict; ``False`` when the bound was hit or the comparison failed.
+
+    Raises:
+        ValueError: for a ``bool``, non-finite or non-numeric, non-string ``ground_truth``.
     """
-    if isinstance(ground_truth, (list, tuple)):
-        return any(is_correct(pred, g) for g in ground_truth)
-    if isinstance(ground_truth, float) and ground_truth.is_integer():
-        ground_truth = int(ground_truth)
-    gold_text, pred_text = str(ground_truth).strip(), str(pred).strip()
-    if not pred_text:
-        return False
-    if _normalise(gold_text) == _normalise(pred_text):
-        return True
-    try:
-        from math_verify import parse, verify
-
-        gold = parse(f"${gold_text}$", parsing_timeout=None)
-        answer = parse(f"${pred_text}$", parsing_timeout=None)
-        if gold and answer:
-            return bool(verify(gold, answer, timeout_seconds=None))
-    except Exception as exc:  # math-verify can raise on malformed LaTeX; fall back below
-        logger.debug("math-verify failed on %r vs %r: %s", pred_text, gold_text, exc)
-    return False
+    return grade(pred, ground_truth, timeout_seconds).correct
 
 
-def _grade(solution_str: str, ground_truth: Any) -> tuple[bool, str]:
+def _grade(solution_str: str, ground_truth: Any, timeout_seconds: float | None) -> tuple[Grade, str]:
     pred = extract_boxed(solution_str or "")
     if pred is None:
-        return False, ""
-    return is_correct(pred, ground_truth), pred
+        return Grade(False, "ok", 0.0), ""
+    return grade(pred, ground_truth, timeout_seconds), pred
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs) -> dict:
-    """DAPO-style score: ``{"score": +1 or -1, "acc": 1.0 or 0.0, "pred": str}`` (verl reward-function signature)."""
-    correct, pred = _grade(solution_str, ground_truth)
-    return {"score": 1.0 if correct else -1.0, "acc": float(correct), "pred": pred}
+def _result(score: float, verdict: Grade, pred: str) -> dict:
+    return {
+        "score": score,
+        "acc": float(verdict.correct),
+        "pred": pred,
+        "grading_timeout": float(verdict.status == TIMEOUT),
+        "grading_error": float(verdict.status == ERROR),
+    }
+
+
+def compute_score(
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Any = None,
+    timeout_seconds: float | None = None,
+    **kwargs,
+) -> dict:
+    """DAPO-style score (verl reward-function signature): ``score`` +1 or -1, ``acc``, ``pred``, grading flags."""
+    verdict, pred = _grade(solution_str, ground_truth, timeout_seconds)
+    return _result(1.0 if verdict.correct else -1.0, verdict, pred)
 
 
 def compute_score_acc(
-    data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Any = None,
+    timeout_seconds: float | None = None,
+    **kwargs,
 ) -> dict:
-    """Accuracy score: ``{"score": 1 or 0, "acc": 1.0 or 0.0, "pred": str}`` (verl reward-function signature)."""
-    correct, pred = _grade(solution_str, ground_truth)
-    return {"score": float(correct), "acc": float(correct), "pred": pred}
+    """Accuracy score (verl reward-function signature): ``score`` 1 or 0, ``acc``, ``pred``, grading flags."""
+    verdict, pred = _grade(solution_str, ground_truth, timeout_seconds)
+    return _result(float(verdict.correct), verdict, pred)

@@ -333,7 +333,8 @@ class MEDSTrainer(PPOTrainerSync):
             texts = [
                 self.tokenizer.decode(r[m.bool()].tolist()) for r, m in zip(responses, response_mask, strict=True)
             ]
-            answer_keys = response_answer_keys(texts)
+            answer_keys, key_metrics = response_answer_keys(texts)
+            metrics.update(key_metrics)
             valid = np.array([key is not None for key in answer_keys], dtype=bool)
         lap = self._meds_lap("features", lap)
 
@@ -381,6 +382,8 @@ class MEDSTrainer(PPOTrainerSync):
 
     # ------------------------------------------------------------------ 2. shaped rewards -> advantage
     def _compute_advantage(self, batch, metrics: dict):
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+        metrics.update(grading_metrics(list(data["extra_fields"])))
         batch = self._compute_shaped_advantage(batch, metrics)
         if self.explore_config.enable:
             batch = self._add_exploration_bonus(batch, metrics)
@@ -567,6 +570,29 @@ def entropy_adv_config_from_trainer_config(config: DictConfig) -> EntropyAdvanta
     """The validated entropy-advantage options of a trainer config's top-level ``entropy_advantage`` block."""
     block = config.get("entropy_advantage", None)
     return EntropyAdvantageConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
+
+
+GRADING_FLAGS = {"grading_timeout": "reward/grading_timeout_frac", "grading_error": "reward/grading_error_frac"}
+"""Flags of ``verl_meds.verl.reward`` in verl's reward info -> the step metric of their mean."""
+
+
+def grading_metrics(extra_fields: list) -> dict[str, float]:
+    """Fraction of the step's responses whose grading hit its time bound or failed (graded wrong).
+
+    Args:
+        extra_fields (`list` of length N): verl's per-response ``extra_fields`` (``reward_extra_info`` inside).
+
+    Returns:
+        `dict[str, float]`: ``reward/grading_timeout_frac`` and ``reward/grading_error_frac`` over the responses
+        whose reward function reported the flag (a reward function of another library reports none: no metric).
+    """
+    metrics = {}
+    infos = [f.get("reward_extra_info", {}) if isinstance(f, dict) else {} for f in extra_fields]
+    for flag, name in GRADING_FLAGS.items():
+        values = [float(info[flag]) for info in infos if info.get(flag) is not None]
+        if values:
+            metrics[name] = sum(values) / len(values)
+    return metrics
 
 
 def _accuracy(extra_fields) -> float:

@@ -1,0 +1,233 @@
+r"""Tests for `verl_meds.grading`: bounded time, no false positives, one spelling per object, gold numbers.
+
+Each fault kind is tested for its whole class of input (hypothesis), with the values from the bug reports as
+regression cases: power towers and factorials that never finish in sympy, answers with a tail the parser drops,
+distinct exact numbers of huge or tiny magnitude, float gold answers, synonyms of one object.
+"""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("math_verify")
+
+from verl_meds.grading import (  # noqa: E402
+    OK,
+    TIMEOUT,
+    GradingPool,
+    answer_keys,
+    canonical_latex,
+    gold_text,
+    grade,
+    understood,
+)
+
+BOUND = 1.5  # seconds: a short bound keeps the adversarial tests fast
+SLACK = 15.0  # kill of the hung worker, start of a replacement, a busy 2-core machine
+
+
+def key(answer):
+    return answer_keys([answer])[0][0]
+
+
+# ------------------------------------------------------------------------------------------------ 1. bounded time
+
+HANGS = [r"10^{10^{10}}", r"9^{9^{9^{9}}}", r"(10^{8})!", r"2^{2^{2^{2^{2^{2}}}}}", r"10^{10^{10}} + 1"]
+
+
+@pytest.mark.parametrize("answer", HANGS)
+def test_hanging_answer_is_bounded_and_wrong(answer):
+    verdict = grade(answer, "3", timeout_seconds=BOUND)
+    assert verdict.status == TIMEOUT and verdict.correct is False
+    assert verdict.seconds < BOUND + SLACK
+    keys, statuses = answer_keys([answer, "3"], timeout_seconds=BOUND)
+    assert keys[0] is None and statuses[0] == TIMEOUT
+    assert keys[1] == "sym:3" and statuses[1] == OK  # the rest of the batch is keyed after the kill
+
+
+towers = st.lists(st.integers(2, 99), min_size=3, max_size=5).map(
+    lambda xs: "^{".join(map(str, xs)) + "}" * (len(xs) - 1)
+)
+factorials = st.integers(10**6, 10**9).map(lambda n: f"({n})!")
+mixed = st.tuples(st.integers(50, 999), st.integers(1000, 10**6)).map(lambda p: f"{p[0]}!^{{{p[1]}}}")
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(answer=st.one_of(towers, factorials, mixed), gold=st.sampled_from(["3", r"\frac{1}{2}", "x+1"]))
+def test_any_tower_or_factorial_is_graded_within_the_bound(answer, gold):
+    start = time.perf_counter()
+    verdict = grade(answer, gold, timeout_seconds=BOUND)
+    assert time.perf_counter() - start < BOUND + SLACK
+    assert verdict.correct is False  # none of these equals a small gold answer, finished or not
+    keys, _ = answer_keys([answer], timeout_seconds=BOUND)
+    assert time.perf_counter() - start < 2 * (BOUND + SLACK)
+
+
+def test_bound_holds_off_the_main_thread():
+    """verl calls reward functions from executor threads, where math-verify's signal timeouts cannot work."""
+
+    def job(answer):
+        return threading.current_thread().name, grade(answer, "3", timeout_seconds=BOUND)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(job, [HANGS[0], "3", r"\frac{6}{2}"]))
+    assert time.perf_counter() - start < BOUND + SLACK
+    assert all(name != threading.main_thread().name for name, _ in results)
+    assert [verdict.correct for _, verdict in results] == [False, True, True]
+    assert results[0][1].status == TIMEOUT
+
+
+def test_pool_validates_its_settings():
+    with pytest.raises(ValueError, match="num_workers must be an int >= 1"):
+        GradingPool(0, 1.0, 0)
+    with pytest.raises(ValueError, match="timeout_seconds must be > 0"):
+        GradingPool(1, 0.0, 0)
+
+
+# ------------------------------------------------------------------------------------------------ 2. dropped parts
+
+
+def test_repeating_decimal_regressions():
+    assert not grade(r"0.\overline{3}", "0").correct
+    assert grade(r"0.\overline{3}", r"\frac{1}{3}").correct
+    assert grade(r"0.1\overline{6}", r"\frac{1}{6}").correct
+    assert grade(r"-1.\overline{09}", r"-\frac{12}{11}").correct
+    assert len({key(r"0.\overline{3}"), key(r"0.\overline{6}"), key("0")}) == 3
+
+
+UNKNOWN_TAILS = [r"\overline{AB}", r"\hat{x}", r"\foo", r"\vec{v}", r"\dot{3}", r"\mathcal{O}", r"\tilde{2}", "≈"]
+rationals = st.fractions(min_value=-1000, max_value=1000, max_denominator=50)
+
+
+def latex_of(value: Fraction) -> str:
+    return gold_text(value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=rationals, tail=st.sampled_from(UNKNOWN_TAILS), front=st.booleans())
+def test_answer_with_a_part_the_parser_drops_is_never_correct(value, tail, front):
+    """`value` followed (or preceded) by something math-verify does not read: never equal to `value`, never keyed
+    like it; equal only to the very same text."""
+    gold = latex_of(value)
+    answer = f"{tail} {gold}" if front else f"{gold}{tail}"
+    assert not understood(canonical_latex(answer))
+    assert not grade(answer, gold).correct
+    assert key(answer) != key(gold)
+    assert key(answer).startswith("str:")
+    assert grade(answer, answer).correct
+
+
+def test_malformed_numbers_are_text():
+    assert not grade("3.14.15", r"3.14 \cdot 0.15").correct
+    assert key("3.14.15").startswith("str:")
+
+
+# ------------------------------------------------------------------------------------------------ 3. exact numbers
+
+
+def test_huge_magnitude_regressions():
+    assert not grade(r"\frac{1}{2^{80}}", r"\frac{1}{2^{81}}").correct
+    assert grade(r"\frac{1}{2^{80}}", r"2^{-80}").correct
+    assert not grade(r"10^{20}+1", r"10^{20}").correct
+    assert not grade("0.0", r"\frac{1}{2^{81}}").correct  # a decimal against a tiny exact number: relative test
+    assert grade("0.5", r"\frac{1}{2}").correct
+    assert grade(r"\sqrt{8}", r"2\sqrt{2}").correct
+
+
+exponents = st.integers(20, 300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=exponents, delta=st.integers(1, 5), base=st.sampled_from([2, 3, 10]), sign=st.sampled_from(["", "-"]))
+def test_distinct_exact_numbers_of_huge_magnitude_differ(k, delta, base, sign):
+    small, smaller = rf"{sign}\frac{{1}}{{{base}^{{{k}}}}}", rf"{sign}\frac{{1}}{{{base}^{{{k + delta}}}}}"
+    big, bigger = f"{sign}{base}^{{{k}}}", f"{sign}{base**k + delta}"
+    assert not grade(small, smaller).correct and not grade(smaller, small).correct
+    assert not grade(bigger, big).correct and not grade(big, bigger).correct
+    assert grade(f"{sign}{base**k}", big).correct  # the same exact number written out
+    assert key(small) != key(smaller) and key(big) != key(bigger)
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=st.fractions(max_denominator=10**12), b=st.fractions(max_denominator=10**12))
+def test_exact_rationals_are_equal_exactly_when_equal(a, b):
+    assert grade(latex_of(a), latex_of(b)).correct == (a == b)
+
+
+# ------------------------------------------------------------------------------------------------ 4. gold numbers
+
+
+def test_float_gold_regressions():
+    assert gold_text(1e-05) == "0.00001"
+    assert grade("0.00001", 1e-05).correct
+    assert grade("27", 27.0).correct
+    assert gold_text("2.5E3") == "2500" and gold_text(Fraction(-1, 3)) == r"-\frac{1}{3}"
+    for bad in (float("nan"), float("inf"), True, None, object()):
+        with pytest.raises(ValueError, match="ground_truth must be"):
+            gold_text(bad)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    x=st.floats(min_value=1e-12, max_value=1e15, allow_nan=False, allow_infinity=False),
+    negative=st.booleans(),
+)
+def test_any_float_gold_matches_its_decimal(x, negative):
+    x = -x if negative else x
+    written = gold_text(x)
+    assert "e" not in written.lower()
+    assert float(written) == x  # the positional text reads back as the same float
+    assert grade(written, x).correct
+    assert grade(written, repr(x)).correct  # the e-notation string of the number reads the same
+
+
+# ------------------------------------------------------------------------------------------------ 5. spellings
+
+SYNONYMS = [
+    (r"\varnothing", r"\emptyset"),
+    (r"\O", r"\emptyset"),
+    (r"\infin", r"\infty"),
+    ("∞", r"\infty"),
+    (r"\lbrace 1, 2\rbrace", r"\{1, 2\}"),
+    ("2·3", r"2\cdot 3"),
+    ("2⋅x", r"2\cdot x"),
+    ("√2", r"\sqrt{2}"),
+    ("√12", r"\sqrt{12}"),
+    (r"\dfrac{3}{4}", r"\frac{3}{4}"),
+    (r"\textstyle 5", "5"),
+    (r"\displaystyle\frac12", r"\frac{1}{2}"),
+]
+
+
+@pytest.mark.parametrize(("one", "other"), SYNONYMS)
+def test_spellings_of_one_object_grade_and_key_alike(one, other):
+    assert grade(one, other).correct and grade(other, one).correct
+    assert key(one) == key(other)
+
+
+@settings(max_examples=40, deadline=None)
+@given(pair=st.sampled_from(SYNONYMS), prefix=st.sampled_from(["", "x = ", "y="]))
+def test_spellings_inside_larger_answers(pair, prefix):
+    one, other = pair
+    assert key(prefix + one) == key(prefix + other)
+
+
+def test_different_objects_keep_different_keys():
+    answers = [r"\emptyset", r"\{0\}", r"\infty", r"-\infty", r"\sqrt{2}", "2", "6", r"\frac{1}{2}", "0"]
+    assert len({key(a) for a in answers}) == len(answers)
+
+
+# ------------------------------------------------------------------------------------------------ batch keys
+
+
+def test_answer_keys_validates_and_maps_rows():
+    keys, statuses = answer_keys(["1/2", None, "0.5", "  ", r"\frac{1}{2}"])
+    assert keys == ["sym:1/2", None, "sym:1/2", None, "sym:1/2"] and statuses == [OK] * 5
+    with pytest.raises(ValueError, match="answer must be a str or None, got int 3"):
+        answer_keys([3])
