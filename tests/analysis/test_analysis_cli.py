@@ -26,15 +26,25 @@ def training_records(collapse: bool, seed: int) -> list[dict]:
                 mode = 0 if collapse and step > 0 else sample % 3
                 correct = sample == 9
                 features = centers[mode] + rng.normal(scale=1e-4, size=4)  # within the default merge_distance
-                records.append({"step": step, "prompt_id": prompt, "sample_index": sample, "correct": correct,
-                                "answer": "right" if correct else f"wrong{mode}", "features": features.tolist(),
-                                "label": None if correct else f"mode{mode}"})
+                records.append(
+                    {
+                        "step": step,
+                        "prompt_id": prompt,
+                        "sample_index": sample,
+                        "correct": correct,
+                        "answer": "right" if correct else f"wrong{mode}",
+                        "features": features.tolist(),
+                        "label": None if correct else f"mode{mode}",
+                    }
+                )
     return records
 
 
 def test_plot_functions_draw_the_given_values():
-    runs = {"MEDS": step_metrics(assign_clusters(training_records(False, 0))),
-            "GRPO": step_metrics(assign_clusters(training_records(True, 1)))}
+    runs = {
+        "MEDS": step_metrics(assign_clusters(training_records(False, 0))),
+        "GRPO": step_metrics(assign_clusters(training_records(True, 1))),
+    }
     figure = plot_error_collapse(runs)
     assert len(figure.axes) == 2 and figure.get_suptitle() == "Error collapse"
     for ax, (key, label) in zip(figure.axes, PANELS["error_collapse"], strict=True):
@@ -57,8 +67,18 @@ def test_cli_writes_metrics_and_plots(tmp_path):
     grpo = training_records(True, 1)
     write_records([r for r in grpo if r["step"] < 2], grpo_path)
     write_records([r for r in grpo if r["step"] == 2], tmp_path / "grpo_tail.jsonl")
-    main(["--out", str(tmp_path / "out"), "--records", f"MEDS={meds}", "--records", f"GRPO={grpo_path}",
-          "--records", f"GRPO={tmp_path / 'grpo_tail.jsonl'}"])
+    main(
+        [
+            "--out",
+            str(tmp_path / "out"),
+            "--records",
+            f"MEDS={meds}",
+            "--records",
+            f"GRPO={grpo_path}",
+            "--records",
+            f"GRPO={tmp_path / 'grpo_tail.jsonl'}",
+        ]
+    )
     metrics = json.loads((tmp_path / "out" / "step_metrics.json").read_text())
     assert list(metrics) == ["MEDS", "GRPO"]
     expected = step_metrics(assign_clusters(grpo))

@@ -51,10 +51,13 @@ def test_replay_finds_old_and_new_clusters_and_matches_error_memory():
     for step in (0, 1):
         rows = [r for r in records if r["step"] == step]
         features = np.array([r["features"] or [np.nan] * 3 for r in rows], dtype=np.float32)
-        sizes, _ = memory.step(["A"] * len(rows), features, valid=np.array([r["features"] is not None for r in rows]),
-                               correct=np.array([r["correct"] for r in rows]))
-        expected = [r["cluster_size"] if r["cluster_size"] is not None else 0
-                    for r in replayed if r["step"] == step]
+        sizes, _ = memory.step(
+            ["A"] * len(rows),
+            features,
+            valid=np.array([r["features"] is not None for r in rows]),
+            correct=np.array([r["correct"] for r in rows]),
+        )
+        expected = [r["cluster_size"] if r["cluster_size"] is not None else 0 for r in replayed if r["step"] == step]
         assert sizes.tolist() == expected
 
     small = assign_clusters(records, capacity=4)  # only the second blob survives step 0
@@ -69,8 +72,14 @@ def test_records_from_eval_and_synthetic_labels(tmp_path):
     question = "What is 3+4*5? Put the final answer in \\boxed{}."
     (tmp_path / "problems.jsonl").write_text(json.dumps({"problem_id": "syn/7", "question": question}) + "\n")
     samples = [
-        {"problem_id": "syn/7", "sample_index": 1, "answer": "35", "correct": False, "features": [0.1, 0.2],
-         "response": "3+4=7, 7*5=35. \\boxed{35}"},
+        {
+            "problem_id": "syn/7",
+            "sample_index": 1,
+            "answer": "35",
+            "correct": False,
+            "features": [0.1, 0.2],
+            "response": "3+4=7, 7*5=35. \\boxed{35}",
+        },
         {"problem_id": "syn/7", "sample_index": 0, "answer": "23", "correct": True, "features": [0.3, 0.1]},
         {"problem_id": "syn/7", "sample_index": 2, "answer": "24", "correct": False, "features": None},
     ]
@@ -93,11 +102,13 @@ def test_records_from_eval_and_synthetic_labels(tmp_path):
 def test_validation_messages(tmp_path):
     good = {"step": 1, "prompt_id": 3, "correct": True}
     assert validate_record(good) is good
-    for bad, message in [({"step": 1, "correct": True}, "missing required fields \\['prompt_id'\\]"),
-                         ({**good, "step": "1"}, "step must be an int"),
-                         ({**good, "correct": 1}, "correct must be a bool"),
-                         ({**good, "prompt_id": [1]}, "prompt_id must be a str or int"),
-                         ({**good, "features": [1, "a"]}, "features must be a list of numbers")]:
+    for bad, message in [
+        ({"step": 1, "correct": True}, "missing required fields \\['prompt_id'\\]"),
+        ({**good, "step": "1"}, "step must be an int"),
+        ({**good, "correct": 1}, "correct must be a bool"),
+        ({**good, "prompt_id": [1]}, "prompt_id must be a str or int"),
+        ({**good, "features": [1, "a"]}, "features must be a list of numbers"),
+    ]:
         with pytest.raises(ValueError, match=message):
             validate_record(bad)
     path = tmp_path / "bad.jsonl"
