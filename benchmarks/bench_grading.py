@@ -143,9 +143,7 @@ def main() -> None:
     golds = load_golds(Path(args.data), args.limit)
     ordinary = [(g, g) for g in golds] + [(wrong_answer(g, rng), g) for g in golds]
     adversarial = [(a, "3") for a in ADVERSARIAL]
-    print(
-        f"{len(ordinary)} ordinary responses ({len(golds)} gold answers, right + wrong), {len(adversarial)} adversarial"
-    )
+    print(f"{len(ordinary)} ordinary responses ({len(golds)} golds, right + wrong), {len(adversarial)} adversarial")
 
     grade("1", "1")  # start the workers outside the timed part
     default_pool().run("grade", [("1", "1")] * 8)
