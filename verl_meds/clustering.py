@@ -25,6 +25,18 @@ contrib's default (`boruvka_kdtree`, an approximate spanning tree) rarely differ
 equal-height merges decides the tree, and contrib's own algorithms disagree among themselves about as often as with
 this path. At a few hundred rows this is 4-5x faster than contrib (see `benchmarks/bench_cluster.py`).
 
+Absolute scale and ties ([`_scaled_hdbscan_from_linkage`], the default). HDBSCAN is scale-free: it splits a chain of
+near-identical rows into pieces and noise, and joins any two rows, however far apart, when nothing else is there.
+`ClusterConfig` adds two distances (on the unit sphere of L2-normalised features by default): merges above
+`max_distance` are dropped, so a row farther than that from every other row is noise and each remaining tree is
+clustered on its own; a selected cluster born below `merge_distance` is replaced by its nearest ancestor born at or
+above it (`cluster_selection_epsilon`, [Malzer & Baum 2019](https://arxiv.org/abs/1911.02282)). With
+`ties="merge"` all merges of one height are applied at once (the level sets of HDBSCAN's definition), so labels,
+up to their numbering, and cluster sizes do not depend on the order of the rows. `fit_labels_reference` computes
+the same labels from the definition (Kruskal's algorithm over all pairs, level by level); tests check that they
+agree, also on inputs full of ties. `merge_distance=0, max_distance=None, ties="order"` (what `fork_parity` sets)
+runs the contrib-equal path above. `docs/clustering.md` has the measurements behind the default distances.
+
 Example:
 
 ```python
@@ -32,8 +44,11 @@ Example:
 >>> from verl_meds.clustering import NOISE, fit_labels
 >>> from verl_meds.config import ClusterConfig
 >>> X = np.array([[0, 0], [0, 0.1], [0.1, 0], [5, 5], [5, 5.1], [5.1, 5], [20, -20]], dtype=np.float32)  # (M, F)
->>> fit_labels(X, ClusterConfig(l2_normalize=False)).tolist()
+>>> fit_labels(X, ClusterConfig(l2_normalize=False, merge_distance=0.0, max_distance=None)).tolist()
 [0, 0, 0, 1, 1, 1, -1]
+>>> near = np.array([[1, 0], [1, 0.002], [1, 0.004], [1, 0.006], [-0.6, 0.8]], dtype=np.float32)
+>>> fit_labels(near, ClusterConfig()).tolist()  # default scale: near-duplicates together, the far row noise
+[0, 0, 0, 0, -1]
 
 ```
 """
