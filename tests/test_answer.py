@@ -221,3 +221,43 @@ def test_batch_shape_errors(char_tokenizer):
         locate_answer_tokens(torch.zeros(3, dtype=torch.long), torch.ones(3), char_tokenizer)
     with pytest.raises(ValueError, match=r"shape \(N, T\)"):
         locate_answer_tokens(torch.zeros((2, 3), dtype=torch.long), torch.ones((2, 4)), char_tokenizer)
+
+
+# ---------------------------------------------------------------------------- whitespace before the brace
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SPACES = st.text(alphabet=" \t\n\r", min_size=0, max_size=4)
+
+
+def test_box_with_a_space_regression(char_tokenizer):
+    text = "The answer is \\boxed {42}."
+    assert extract_boxed(text) == "42"
+    assert locate_answer_token(_encode(char_tokenizer, text), char_tokenizer) == text.index("42")
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    command=st.sampled_from(["boxed", "fbox"]),
+    space=SPACES,
+    answer=st.sampled_from(["42", "\\frac{1}{2}", "x+1", "-7"]),
+    earlier=st.booleans(),
+    tail=st.sampled_from(["", ".", " done", "}"]),
+)
+def test_any_whitespace_between_command_and_brace(
+    char_tokenizer, trained_tokenizer, command, space, answer, earlier, tail
+):
+    prefix = "first \\boxed{9}, then " if earlier else "so "
+    text = f"{prefix}\\{command}{space}{{{answer}}}{tail}"
+    assert extract_boxed(text) == answer
+    start = len(text) - len(tail) - len(answer) - 1  # char index of the answer's first character
+    assert locate_answer_token(_encode(char_tokenizer, text), char_tokenizer) == start
+    ids = _encode(trained_tokenizer, text)
+    assert locate_answer_token(ids, trained_tokenizer) == _token_at_char(trained_tokenizer, text, start)
+
+
+@pytest.mark.parametrize("text", [r"\boxedx{3}", r"\boxed 3", r"\fboxes {3}"])
+def test_other_commands_are_not_boxes(char_tokenizer, text):
+    assert extract_boxed(text) is None
+    assert locate_answer_token(_encode(char_tokenizer, text), char_tokenizer) == -1

@@ -231,3 +231,24 @@ def test_answer_keys_validates_and_maps_rows():
     assert keys == ["sym:1/2", None, "sym:1/2", None, "sym:1/2"] and statuses == [OK] * 5
     with pytest.raises(ValueError, match="answer must be a str or None, got int 3"):
         answer_keys([3])
+
+
+def test_matrices_are_read():
+    column = r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"
+    assert understood(column)
+    assert grade(r"\begin{bmatrix} 1 \\ 2 \end{bmatrix}", column).correct
+    assert not grade(r"\begin{pmatrix} 1 \\ 3 \end{pmatrix}", column).correct
+    assert not understood(r"\begin{cases} 1 \end{cases}")
+
+
+def test_single_worker_pool_survives_a_kill_while_others_wait():
+    """A thread waiting for the only worker is served by its replacement after the worker is killed."""
+    pool = GradingPool(1, BOUND, 0)
+    try:
+        with ThreadPoolExecutor(max_workers=3) as executor:
+            futures = [executor.submit(pool.run, "grade", [(answer, "3")]) for answer in (HANGS[0], "3", "4")]
+            results = [future.result(timeout=3 * (BOUND + SLACK)) for future in futures]
+        assert results[0] == [(TIMEOUT, None)]
+        assert results[1] == [(OK, True)] and results[2] == [(OK, False)]
+    finally:
+        pool.close()

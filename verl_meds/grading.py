@@ -414,7 +414,6 @@ class _Worker:
         self.conn.close()
 
 
-@dataclass(frozen=True)
 class GradingPool:
     """
     A pool of grading worker processes; each answer is bounded by `timeout_seconds`. Thread-safe.
@@ -426,21 +425,22 @@ class GradingPool:
             Time bound per answer, > 0.
         memory_limit_mb (`int`):
             Address-space cap per worker in MiB (0: none).
+
+    Raises:
+        ValueError: for `num_workers < 1` or `timeout_seconds <= 0`.
     """
 
-    num_workers: int
-    timeout_seconds: float
-    memory_limit_mb: int
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.num_workers, int) and self.num_workers >= 1):
-            raise ValueError(f"GradingPool.num_workers must be an int >= 1, got {self.num_workers!r}.")
-        if not (self.timeout_seconds > 0):
-            raise ValueError(f"GradingPool.timeout_seconds must be > 0, got {self.timeout_seconds!r}.")
-        object.__setattr__(self, "_idle", queue.LifoQueue())
-        object.__setattr__(self, "_lock", threading.Lock())
-        object.__setattr__(self, "_started", [0])
-        object.__setattr__(self, "_workers", [])
+    def __init__(self, num_workers: int, timeout_seconds: float, memory_limit_mb: int) -> None:
+        if not (isinstance(num_workers, int) and num_workers >= 1):
+            raise ValueError(f"GradingPool.num_workers must be an int >= 1, got {num_workers!r}.")
+        if not (timeout_seconds > 0):
+            raise ValueError(f"GradingPool.timeout_seconds must be > 0, got {timeout_seconds!r}.")
+        self.num_workers = num_workers
+        self.timeout_seconds = float(timeout_seconds)
+        self.memory_limit_mb = int(memory_limit_mb)
+        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
+        self._lock = threading.Lock()
+        self._workers: list[_Worker] = []  # every live worker, idle or busy
 
     def _checkout(self) -> _Worker:
         try:
@@ -448,19 +448,23 @@ class GradingPool:
         except queue.Empty:
             pass
         with self._lock:
-            if self._started[0] < self.num_workers:
-                self._started[0] += 1
+            if len(self._workers) < self.num_workers:
                 worker = _Worker(self.memory_limit_mb)
                 self._workers.append(worker)
                 return worker
         return self._idle.get()
 
     def _replace(self, worker: _Worker) -> None:
+        """Kill `worker` and start its replacement at once (it imports while the pool works on), so that a thread
+        waiting for an idle worker is woken."""
         worker.kill()
         with self._lock:
-            self._started[0] -= 1
-            if worker in self._workers:
-                self._workers.remove(worker)
+            if worker not in self._workers:
+                return
+            self._workers.remove(worker)
+            replacement = _Worker(self.memory_limit_mb)
+            self._workers.append(replacement)
+        self._idle.put(replacement)
 
     def run(self, kind: str, items: Sequence[Any]) -> list[tuple[str, Any]]:
         """
@@ -510,8 +514,7 @@ class GradingPool:
     def close(self) -> None:
         """Stop every worker."""
         with self._lock:
-            workers, self._workers[:] = list(self._workers), []
-            self._started[0] = 0
+            workers, self._workers = self._workers, []
         for worker in workers:
             worker.kill()
         while True:

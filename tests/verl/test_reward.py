@@ -50,6 +50,11 @@ CASES = [
     pytest.param("\\boxed{x = 3}", "3", True, "x = 3", id="equation"),
     pytest.param("\\boxed{\\sqrt{2}}", "2^{1/2}", True, "\\sqrt{2}", id="symbolic"),
     pytest.param("\\fbox{9}", "9", True, "9", id="fbox"),
+    pytest.param("The answer is \\boxed {42}.", "42", True, "42", id="box-with-space"),
+    pytest.param("\\boxed{\\varnothing}", "\\emptyset", True, "\\varnothing", id="empty-set-spelling"),
+    pytest.param("\\boxed{0.\\overline{3}}", "0", False, "0.\\overline{3}", id="repeating-decimal-vs-0"),
+    pytest.param("\\boxed{\\frac{1}{2^{80}}}", "\\frac{1}{2^{81}}", False, "\\frac{1}{2^{80}}", id="tiny-magnitudes"),
+    pytest.param("\\boxed{0.00001}", 1e-05, True, "0.00001", id="float-gold-e-notation"),
     pytest.param("\\boxed{41}", "42", False, "41", id="off-by-one"),
 ]
 
