@@ -18,8 +18,11 @@ Compared, side by side in one process, interleaved (A B C, then C B A, ...), med
 
 - **ours**: `verl_meds.memory.ErrorMemory.step` with the default `MEDSConfig` (joint assignment, wrong answers
   only, `memory.capacity` = 256 entries per prompt, FIFO).
-- **ours (contrib)**: the same step with `verl_meds.clustering.fit_labels` replaced by `fit_labels_reference`
-  (`hdbscan.HDBSCAN`, what the step ran before the fast path); its cluster sizes are compared with ours.
+- **ours (reference)**: the same step with `verl_meds.clustering.fit_labels` replaced by `fit_labels_reference`;
+  its cluster sizes are compared with ours. For the default config (absolute scale, `ties="merge"`) the reference
+  is the plain re-statement from the definition (Kruskal over all pairs, level by level); for
+  `merge_distance=0, max_distance=None, ties="order"` it is `hdbscan.HDBSCAN`, what the step ran before the fast
+  path.
 - **authors**: a re-statement, written here from the issue's description, of the authors' per-step procedure: for
   every (prompt, outcome) group in the batch, each new response takes the majority label of its k = 3 nearest
   stored responses (cosine, i.e. euclidean on L2-normalised rows) under the previous fit's labels; then the group's
@@ -28,7 +31,7 @@ Compared, side by side in one process, interleaved (A B C, then C B A, ...), med
   both; "authors (wrong)" counts only the time spent on the wrong groups. The k-NN vote is vectorised here (the
   recipe fits a scikit-learn `NearestNeighbors` per response), which only makes the authors faster.
 
-Also printed: whether our penalties match the contrib computation (fraction of responses whose cluster size or
+Also printed: whether our penalties match the reference computation (fraction of responses whose cluster size or
 penalty differs, largest penalty difference), and the memory footprint after the epoch-100 step: bytes per stored
 response (arrays only, and with the per-buffer containers) and the size of the checkpoint file written by
 `verl_meds.verl.checkpoint.save_memory`.
@@ -256,8 +259,12 @@ def main() -> None:
     logging.getLogger("verl_meds").setLevel(logging.ERROR)  # the one-time FIFO warning
     warm = features[0, :2].reshape(-1, args.features)  # first calls import scipy and hdbscan: not timed
     for reference in (False, True):
-        our_step(config, our_state(config, features, wrong, 1), ([0] * len(warm), warm, np.ones(len(warm), bool),
-                                                                 np.zeros(len(warm), bool)), reference)
+        our_step(
+            config,
+            our_state(config, features, wrong, 1),
+            ([0] * len(warm), warm, np.ones(len(warm), bool), np.zeros(len(warm), bool)),
+            reference,
+        )
     authors_step({}, np.zeros(len(warm), dtype=np.int64), warm, np.ones(len(warm), bool))
     gc.disable()
     rows, agreement, last_memory = [], [], None
@@ -276,7 +283,7 @@ def main() -> None:
                 if method == "authors":
                     if authors is None:
                         continue
-                    copy = {key: value for key, value in authors.items()}  # entries are replaced, never mutated
+                    copy = dict(authors)  # entries are replaced, never mutated
                     seconds = authors_step(copy, prompt_ids, step_features, step_wrong)
                     times["authors_wrong"].append(seconds["wrong"])
                     times["authors"].append(seconds["wrong"] + seconds["right"])
@@ -298,7 +305,7 @@ def main() -> None:
 
     print("\nTime per step (median, seconds); ratio = authors / ours")
     header = (
-        f"{'epoch':>5} {'history/prompt':>14} {'ours':>8} {'ours(contrib)':>13} {'authors(wrong)':>14} "
+        f"{'epoch':>5} {'history/prompt':>14} {'ours':>8} {'ours(ref)':>13} {'authors(wrong)':>14} "
         f"{'authors':>8} {'ratio(wrong)':>12} {'ratio':>8}"
     )
     print(header)
@@ -307,7 +314,7 @@ def main() -> None:
             f"{epoch:>5} {history:>14} {m['ours']:>8.3f} {m['contrib']:>13.3f} {m['authors_wrong']:>14.3f} "
             f"{m['authors']:>8.3f} {m['authors_wrong'] / m['ours']:>11.1f}x {m['authors'] / m['ours']:>7.1f}x"
         )
-    print("\nAgreement with the contrib computation (same inputs, same memory; all responses of the step)")
+    print("\nAgreement with the reference computation (same inputs, same memory; all responses of the step)")
     print(f"{'epoch':>5} {'wrong rows':>10} {'|C| differs':>12} {'penalty differs':>16} {'max |penalty diff|':>19}")
     for epoch, num_wrong, size_frac, penalty_frac, gap in agreement:
         print(f"{epoch:>5} {num_wrong:>10} {size_frac:>12.4%} {penalty_frac:>16.4%} {gap:>19.4f}")
