@@ -211,13 +211,14 @@ def _level_set_labels(rows: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
     n = rows.shape[0]
     distances = squareform(pdist(rows, metric=_SCIPY_METRICS[cfg.metric]))  # (M, M), the fast path's values
     k = max(1, min(n - 1, cfg.min_samples))
-    core = [sorted(distances[i][j] for j in range(n) if j != i)[k - 1] for i in range(n)]
-    edges = sorted(
-        (max(distances[i][j], core[i], core[j]), i, j)
-        for i in range(n)
-        for j in range(i + 1, n)
-        if cfg.max_distance is None or max(distances[i][j], core[i], core[j]) <= cfg.max_distance
-    )
+    core = np.sort(distances, axis=1)[:, k]  # (M,) entry 0 of each sorted row is the row itself
+    first, second = np.triu_indices(n, 1)  # every pair once
+    weight = np.maximum(distances[first, second], np.maximum(core[first], core[second]))  # mutual reachability
+    if cfg.max_distance is not None:
+        near = weight <= cfg.max_distance
+        first, second, weight = first[near], second[near], weight[near]
+    order = np.argsort(weight, kind="stable")
+    edges = list(zip(weight[order].tolist(), first[order].tolist(), second[order].tolist(), strict=True))
     owner = list(range(n))  # union-find over rows
 
     def find(i: int) -> int:
