@@ -252,3 +252,42 @@ def test_single_worker_pool_survives_a_kill_while_others_wait():
         assert results[1] == [(OK, True)] and results[2] == [(OK, False)]
     finally:
         pool.close()
+
+
+# ------------------------------------------------------------------------------------------------ fast path
+
+
+def _number_texts():
+    integer = st.integers(-(10**30), 10**30).map(str)
+    decimal = st.tuples(st.integers(0, 999999), st.integers(0, 999999), st.integers(1, 6), st.booleans()).map(
+        lambda t: ("-" if t[3] else "") + f"{t[0]}." + str(t[1]).zfill(6)[: t[2]]
+    )
+    fraction = st.tuples(st.integers(-500, 500), st.integers(1, 500), st.sampled_from(["frac", "slash", "neg"])).map(
+        lambda t: {
+            "frac": rf"\frac{{{t[0]}}}{{{t[1]}}}",
+            "slash": f"{abs(t[0])}/{t[1]}",
+            "neg": rf"-\frac{{{abs(t[0])}}}{{{t[1]}}}",
+        }[t[2]]
+    )
+    short = st.tuples(st.integers(0, 9), st.integers(1, 9)).map(lambda t: rf"\frac{t[0]}{t[1]}")
+    spelled = st.sampled_from(["", ".", " ", "$"])
+    return st.tuples(st.one_of(integer, decimal, fraction, short), spelled).map(
+        lambda t: f"${t[0]}$" if t[1] == "$" else t[0] + t[1]
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=_number_texts())
+def test_fast_key_equals_the_math_verify_key(text):
+    from verl_meds.grading import fast_key, key_text
+
+    quick = fast_key(text)
+    assert quick is not None, text
+    assert quick == key_text(text)
+
+
+@pytest.mark.parametrize("text", ["1,000", "1/0", "x", r"\frac{1}{0}", "1.2345678", r"\sqrt{2}", "2^{3}", "1e5"])
+def test_fast_key_leaves_other_answers_to_the_workers(text):
+    from verl_meds.grading import fast_key
+
+    assert fast_key(text) is None

@@ -336,6 +336,44 @@ def key_text(answer: str) -> str | None:
     return f"sym:{expr}"
 
 
+_INTEGER = re.compile(r"[+-]?\d{1,1000}")
+_DECIMAL = re.compile(r"[+-]?\d{0,6}\.\d{1,6}")
+_FRACTION = re.compile(r"([+-]?)(?:\\frac\{([+-]?\d{1,50})\}\{(\d{1,50})\}|\\frac(\d)(\d)|(\d{1,50})/(\d{1,50}))")
+
+
+def fast_key(answer: str) -> str | None:
+    r"""
+    [`key_text`] of a plain number without math-verify: an integer, a decimal of at most 6 + 6 digits, or a
+    fraction of integers (`rac{a}{b}`, `rac12`, `a/b`, with a sign); `None` for anything else.
+
+    Gives exactly the key [`key_text`] gives (tested on random numbers), in microseconds instead of milliseconds,
+    and never needs a worker, so the driver keys the usual answers of a batch itself.
+
+    Args:
+        answer (`str`): the final answer (no `oxed`).
+
+    Returns:
+        `str` or `None`: `"sym:" + str(the reduced rational)`, or `None` when the answer is not such a number (or a
+        fraction has denominator 0).
+    """
+    text = compact_text(canonical_latex(answer.strip()))
+    if _INTEGER.fullmatch(text):
+        return f"sym:{int(text)}"
+    if _DECIMAL.fullmatch(text):
+        return f"sym:{Fraction(Decimal(text))}"
+    match = _FRACTION.fullmatch(text)
+    if match is None:
+        return None
+    sign, numerator, denominator = match.group(1), None, None
+    for a, b in ((2, 3), (4, 5), (6, 7)):
+        if match.group(a) is not None:
+            numerator, denominator = int(match.group(a)), int(match.group(b))
+    if not denominator:
+        return None
+    value = Fraction(numerator, denominator)
+    return f"sym:{-value if sign == '-' else value}"
+
+
 _TASKS = {"grade": lambda item: grade_text(*item), "key": key_text}
 
 
@@ -619,8 +657,9 @@ def answer_keys(
     r"""
     Canonical keys of final answers: equal keys mean the same answer, written in any form.
 
-    Each distinct answer is keyed once (results are cached per text in this process, up to 65,536 texts; answers
-    that timed out are not cached). See [`key_text`] for the rule.
+    Each distinct answer is keyed once: plain numbers in this thread ([`fast_key`]), the rest in the grading workers,
+    all of them in one request (results are cached per text in this process, up to 65,536 texts; answers that timed
+    out are not cached). See [`key_text`] for the rule.
 
     Args:
         answers (`Sequence[str | None]` of length N):
@@ -638,8 +677,15 @@ def answer_keys(
     for answer in answers:
         if answer is not None and not isinstance(answer, str):
             raise ValueError(f"answer must be a str or None, got {type(answer).__name__} {answer!r}.")
-    todo = sorted({a for a in answers if a is not None and compact_text(a) and a not in _KEY_CACHE})
     found: dict[str, tuple[str, str | None]] = {}
+    todo = []
+    for text in {a for a in answers if a is not None and compact_text(a) and a not in _KEY_CACHE}:
+        quick = fast_key(text)
+        if quick is None:
+            todo.append(text)
+        else:
+            found[text] = (OK, quick)
+    todo.sort()
     if todo:
         for text, (status, value) in zip(todo, default_pool(timeout_seconds).run("key", todo), strict=True):
             found[text] = (status, value if status == OK else None)
