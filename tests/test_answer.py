@@ -171,11 +171,11 @@ def test_trained_bpe_merges_brace_with_answer(trained_tokenizer):
 class _CountingTokenizer:
     def __init__(self, inner):
         self.inner = inner
-        self.single_decodes = 0
+        self.window_tokens = 0  # tokens decoded in calls of more than one token
 
     def decode(self, token_ids):
-        if len(token_ids) == 1:
-            self.single_decodes += 1
+        if len(token_ids) > 1:
+            self.window_tokens += len(token_ids)
         return self.inner.decode(token_ids)
 
 
@@ -184,10 +184,15 @@ def test_scan_is_cheap_for_long_responses(char_tokenizer):
     counting = _CountingTokenizer(char_tokenizer)
     ids = _encode(char_tokenizer, text)
     assert locate_answer_token(ids, counting) == text.rindex("42")
-    assert counting.single_decodes <= 20  # scanned back only to the marker, not over the 5000 characters before it
-    counting.single_decodes = 0
-    assert locate_answer_token(_encode(char_tokenizer, "no answer " * 500), counting) == -1
-    assert counting.single_decodes == 0  # the quick check on the full decode stops it
+    assert counting.window_tokens <= 200  # decoded near the marker only, not the 5000 characters before it
+    counting.window_tokens = 0
+    no_box = "no \\answer but \\mu and x " * 200  # backslashes, and an `x` that is too far from any of them
+    assert locate_answer_token(_encode(char_tokenizer, no_box), counting) == -1
+    assert counting.window_tokens == 0  # no token could start a marker: nothing is decoded beyond single pieces
+    boxes_then_text = r"\boxed{1} " + "\\xi " * 100
+    counting.window_tokens = 0
+    assert locate_answer_token(_encode(char_tokenizer, boxes_then_text), counting) == len(r"\boxed{")
+    assert counting.window_tokens <= 100 * 4 * 16  # every `\\xi` after the box costs one short window at most
 
 
 # ---------------------------------------------------------------------------- locate_answer_tokens

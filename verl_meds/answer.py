@@ -33,8 +33,8 @@ BOX_COMMANDS = ("boxed", "fbox")
 """LaTeX commands whose argument is the final answer; whitespace may separate a command from its `{`."""
 
 _BOX_MARKER = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_WINDOW_TOKENS = 64  # first window of response tokens decoded when looking for the last box marker
-_GARBLED_CHARS = 4  # characters at a window's start that a partial multi-byte token can garble
+_WINDOW_TOKENS = 16  # tokens decoded from a candidate marker start; doubled while the marker or answer runs on
+_X_REACH = 5  # a marker's `x` (`\\boxed`, `\\fbox`) lies at most 4 tokens after the token holding its backslash
 
 
 class TokenizerLike(Protocol):
@@ -89,17 +89,133 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
+class _PieceFlags:
+    """Per token id: does its decoded piece hold a backslash, an `x`? Decoded once per id and tokenizer."""
+
+    def __init__(self, tokenizer: TokenizerLike) -> None:
+        self.tokenizer = tokenizer
+        self.backslash = np.zeros(0, dtype=bool)  # indexed by token id
+        self.x = np.zeros(0, dtype=bool)
+        self.known = np.zeros(0, dtype=bool)
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flags of `ids` (any shape, int): `(backslash, x)`, both bool arrays of the shape of `ids`."""
+        top = int(ids.max()) + 1 if ids.size else 0
+        if top > self.known.size:
+            grow = top - self.known.size
+            self.backslash = np.concatenate([self.backslash, np.zeros(grow, dtype=bool)])
+            self.x = np.concatenate([self.x, np.zeros(grow, dtype=bool)])
+            self.known = np.concatenate([self.known, np.zeros(grow, dtype=bool)])
+        if ids.size:
+            new = np.unique(ids[~self.known[ids]])
+            for token_id in new.tolist():
+                piece = self.tokenizer.decode([token_id])
+                self.backslash[token_id] = "\\" in piece
+                self.x[token_id] = "x" in piece
+            self.known[new] = True
+        return self.backslash[ids], self.x[ids]
+
+
+_FLAGS: dict[int, _PieceFlags] = {}
+
+
+def _flags(tokenizer: TokenizerLike) -> _PieceFlags:
+    flags = _FLAGS.get(id(tokenizer))
+    if flags is None or flags.tokenizer is not tokenizer:
+        if len(_FLAGS) > 16:
+            _FLAGS.clear()
+        flags = _FLAGS[id(tokenizer)] = _PieceFlags(tokenizer)
+    return flags
+
+
+def _candidates(backslash: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Where a marker can start: backslash tokens with an `x` token at most `_X_REACH - 1` tokens later.
+
+    Args:
+        backslash, x (`np.ndarray` of shape `(..., T)`, bool): token flags along the last axis.
+
+    Returns:
+        `np.ndarray` of the same shape, bool.
+    """
+    width = x.shape[-1]
+    counts = np.concatenate([np.zeros(x.shape[:-1] + (1,), dtype=np.int64), np.cumsum(x, axis=-1)], axis=-1)
+    ends = np.minimum(np.arange(width) + _X_REACH, width)  # (T,)
+    return backslash & (counts[..., ends] > counts[..., :width])
+
+
+def _answer_at(ids: np.ndarray, first: int, tokenizer: TokenizerLike) -> int | None:
+    """Answer token of a marker that starts in token `first` of `ids` (T,): its index, -1 (no answer after this
+    marker), or `None` (no marker starts in token `first`)."""
+    piece_length = max(len(tokenizer.decode(ids[first : first + 1].tolist())), 1)
+    width = _WINDOW_TOKENS
+    while True:
+        last = min(ids.size, first + width)
+        window = tokenizer.decode(ids[first:last].tolist())
+        found = None
+        for match in _BOX_MARKER.finditer(window):
+            if match.start() >= piece_length:
+                break
+            found = match
+        rest = window[found.end() :] if found is not None else ""
+        if found is not None and rest.strip():
+            break
+        if last == ids.size:  # the whole rest of the response is decoded
+            return None if found is None else -1
+        if found is None and not _could_be_marker(window[:piece_length], window):
+            return None
+        width *= 2
+    stripped = rest.lstrip()
+    if stripped[0] == "}":
+        return -1
+    answer = len(window) - len(stripped)  # index in `window` of the answer's first character
+    before = window[:answer]
+    low, high = first, last - 1  # the window decodes past `before`, so `high` qualifies
+    while low < high:
+        # The first token whose prefix decodes past the complete text before the answer holds its first byte.
+        middle = (low + high) // 2
+        prefix = tokenizer.decode(ids[first : middle + 1].tolist())
+        if len(prefix) > answer and prefix.startswith(before):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def _could_be_marker(piece: str, window: str) -> bool:
+    """Whether a backslash of `piece` starts text that may still become a box marker once more tokens follow."""
+    for index in range(len(piece)):
+        if piece[index] == "\\":
+            head = window[index + 1 :].rstrip()
+            for command in BOX_COMMANDS:
+                if command.startswith(head) or (head.startswith(command) and not head[len(command) :].strip()):
+                    return True
+    return False
+
+
+def _locate_row(ids: np.ndarray, candidates: np.ndarray, tokenizer: TokenizerLike) -> int:
+    """Answer token of one response `ids` (T,) given its candidate mask (T,), or -1."""
+    for first in np.flatnonzero(candidates)[::-1].tolist():
+        index = _answer_at(ids, first, tokenizer)
+        if index is not None:
+            return index
+    return -1
+
+
 def locate_answer_token(response_ids: Sequence[int], tokenizer: TokenizerLike) -> int:
     r"""
     Index of the first token of the final answer: the token holding the first character after the `{` of the last
     `\boxed{` or `\fbox{` (whitespace allowed before the `{`).
 
-    Only a suffix of the response is decoded: the last 64 tokens, then 128, 256, ... until the window holds a box
-    marker (or is the whole response), so the cost grows with the distance of the last box from the end. Within the
-    window, the answer token is found by bisection over decoded prefixes (`decode(ids[first : t + 1])`), never from
-    single-token pieces: a byte-level tokenizer can split one character over several tokens that each decode to
-    U+FFFD alone. A marker split over several tokens (`"\\"`, `"box"`, `"ed"`, `"{"`) is found. When the tokenizer
-    merged `{` with answer characters (a token `"{4"`), that token is the answer token.
+    The search runs on token ids, not on the decoded response: every marker starts with a backslash and holds an
+    `x` within its first five characters, so only tokens whose piece holds a backslash, followed within four tokens
+    by one holding an `x`, can start it (each token id is decoded once per tokenizer to know that). From the last
+    such candidate backwards, a short window of tokens from the candidate is decoded until one holds a marker that
+    starts in the candidate token; within that window, the answer token is found by bisection over decoded
+    prefixes (`decode(ids[first : t + 1])`), never from single-token pieces alone, since a byte-level tokenizer can
+    split one character over several tokens that each decode to U+FFFD. So the cost grows with the number of
+    candidates after the last box, not with the response length. A marker split over several tokens (`"\\"`,
+    `"box"`, `"ed"`, `"{"`) is found. When the tokenizer merged `{` with answer characters (a token `"{4"`), that
+    token is the answer token.
 
     Deviations: leading whitespace inside the box is skipped (`\boxed{ 42}` gives the token of `4`, also for a
     multi-byte space such as U+3000), and an empty box (`\boxed{}`) counts as no answer. An unclosed last box
@@ -116,33 +232,10 @@ def locate_answer_token(response_ids: Sequence[int], tokenizer: TokenizerLike) -
         `int`: 0-based index in `response_ids`, or `-1` when there is no box, the last box has nothing after `{`, or
         the last box is empty.
     """
-    ids = [int(token_id) for token_id in response_ids]
-    width = _WINDOW_TOKENS
-    while True:
-        first = max(0, len(ids) - width)
-        tail = tokenizer.decode(ids[first:])
-        found = _last_marker(tail)
-        if found is not None and (first == 0 or found.start() >= _GARBLED_CHARS):
-            break
-        if first == 0:
-            return -1
-        width *= 2
-    rest = tail[found.end() :]
-    stripped = rest.lstrip()
-    if not stripped or stripped[0] == "}":
+    ids = np.asarray([int(token_id) for token_id in response_ids], dtype=np.int64)  # (T,)
+    if ids.size == 0:
         return -1
-    answer = len(tail) - len(stripped)  # index in `tail` of the answer's first character
-    before = tail[:answer]
-    low, high = first, len(ids) - 1  # the full tail decodes past `before`, so `high` qualifies
-    while low < high:
-        # The first token whose prefix decodes past the complete text before the answer holds its first byte.
-        middle = (low + high) // 2
-        prefix = tokenizer.decode(ids[first : middle + 1])
-        if len(prefix) > answer and prefix.startswith(before):
-            high = middle
-        else:
-            low = middle + 1
-    return low
+    return _locate_row(ids, _candidates(*_flags(tokenizer).lookup(ids)), tokenizer)
 
 
 def locate_answer_tokens(
@@ -150,6 +243,8 @@ def locate_answer_tokens(
 ) -> torch.LongTensor:
     """
     Batch version of [`locate_answer_token`], looking only at tokens where `response_mask` is 1.
+
+    The token flags of the whole batch are looked up at once; only the candidate windows are decoded per row.
 
     Args:
         response_ids (`torch.Tensor` of shape `(N, T)`, dtype `long`):
@@ -170,14 +265,23 @@ def locate_answer_tokens(
             f"response_ids and response_mask must both have shape (N, T), got {tuple(response_ids.shape)} and "
             f"{tuple(response_mask.shape)}."
         )
-    ids = response_ids.detach().cpu().numpy()  # (N, T)
+    ids = response_ids.detach().cpu().numpy().astype(np.int64)  # (N, T)
     mask = response_mask.detach().cpu().numpy().astype(bool)  # (N, T)
     answer_positions = torch.full((ids.shape[0],), -1, dtype=torch.long)  # (N,)
-    for n in range(ids.shape[0]):
-        positions = np.flatnonzero(mask[n])
-        if positions.size == 0:
-            continue
-        index = locate_answer_token(ids[n, positions].tolist(), tokenizer)
+    if not mask.any():
+        return answer_positions
+    backslash, x = _flags(tokenizer).lookup(np.where(mask, ids, ids[mask][0]))  # (N, T) each
+    lengths = mask.sum(axis=1)  # (N,)
+    contiguous = (mask == (np.arange(ids.shape[1]) < lengths[:, None])).all(axis=1)  # (N,) verl's layout
+    candidates = _candidates(backslash & mask, x & mask)  # (N, T); padding is never a candidate
+    for n in np.flatnonzero(contiguous & (lengths > 0)).tolist():
+        index = _locate_row(ids[n, : lengths[n]], candidates[n, : lengths[n]], tokenizer)
+        if index >= 0:
+            answer_positions[n] = index
+    for n in np.flatnonzero(~contiguous).tolist():  # holes in the mask: work on the real tokens only
+        positions = np.flatnonzero(mask[n])  # (T_n,)
+        row_candidates = _candidates(backslash[n, positions], x[n, positions])
+        index = _locate_row(ids[n, positions], row_candidates, tokenizer)
         if index >= 0:
             answer_positions[n] = int(positions[index])
     return answer_positions
