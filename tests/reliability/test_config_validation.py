@@ -205,6 +205,7 @@ def test_main_refuses_bad_options_before_ray_starts(tmp_path):
         "bad_target": [*base, "meds.shaping.penalty_target=all"],
         "unknown_key": [*base, "+meds.shaping.alpah=0.1"],
         "multi_turn": [*base, "actor_rollout_ref.rollout.multi_turn.enable=true"],
+        "ulysses": [*base, "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"],
     }
     env = {
         "PATH": "/usr/bin:/bin",
@@ -229,7 +230,8 @@ def test_main_refuses_bad_options_before_ray_starts(tmp_path):
         "bad_alpha": r"ValueError: ShapingConfig\.alpha must be a finite number >= 0\.0, got -1",
         "bad_target": r"ValueError: ShapingConfig\.penalty_target must be one of \[.*\], got 'all'",
         "unknown_key": r"ValueError: Unknown config key\(s\) \['alpah'\] in MEDSConfig\.shaping",
-        "multi_turn": r"ValueError: algorithm\.adv_estimator=meds does not support .*multi_turn\.enable=true",
+        "multi_turn": r"ValueError: verl_meds cannot serve these settings:\n- actor_rollout_ref\.rollout\.multi_turn",
+        "ulysses": r"ValueError: verl_meds cannot serve these settings:\n- actor_rollout_ref\.actor\.ulysses_seq",
     }
     import re
 

@@ -20,23 +20,78 @@ FORWARDED_ENV = ("VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT")
 """Driver environment variables passed on to verl's Ray actors (where verl's file logger runs)."""
 
 
-def check_estimator_options(config: DictConfig) -> None:
-    """Refuse algorithm options that verl honours for its ``grpo`` estimator but cannot pass to ``meds``.
+def _select(config: DictConfig, key: str, default=None):
+    return OmegaConf.select(config, key, default=default)
 
-    verl gives ``grpo`` alone its multi-trajectory handling (only the last output of each agent-loop session enters
-    the group statistics, see ``verl.trainer.ppo.v1.utils.compute_advantage_for_multi_trajectories``); a registered
-    estimator receives every row. ``norm_adv_by_std_in_grpo`` does reach ``meds`` (through ``config``).
+
+def unsupported_settings(config: DictConfig) -> list[str]:
+    """Settings of ``config`` that MEDS cannot serve, each as ``"field=value: why, and what to do"``.
+
+    Checked before Ray starts (:func:`prepare`), so that a run does not fail after the model loaded and a first
+    rollout finished. Feature capture (``meds.enable`` with a feature memory, or ``meds_dump``) reads hidden states
+    in the actor's log-prob recompute, which rules out: Ulysses sequence parallelism (each rank holds a slice of
+    every sequence, not the answer positions), verl's fused log-prob kernels (the forward returns no per-layer
+    states to the hooks), rollout-correction bypass mode (no recompute at all) and non-FSDP actor strategies. The
+    ``meds`` estimator cannot take verl's multi-turn session grouping (only ``grpo`` gets it).
+
+    Args:
+        config (`DictConfig`): a composed verl trainer config with the top-level ``meds`` block.
+
+    Returns:
+        `list[str]`: empty when every setting is supported.
+    """
+    problems = []
+    estimator = str(_select(config, "algorithm.adv_estimator", ""))
+    if estimator == "meds" and bool(_select(config, "actor_rollout_ref.rollout.multi_turn.enable", False)):
+        problems.append(
+            "actor_rollout_ref.rollout.multi_turn.enable=true: algorithm.adv_estimator=meds does not support it; "
+            "verl groups multi-turn sessions by their last output only for its own 'grpo' estimator. Turn multi_turn "
+            "off."
+        )
+    meds = _select(config, "meds", None)
+    method = str(_select(config, "meds.clustering.method", "hdbscan"))
+    dump = bool(_select(config, "meds_dump.enable", False))
+    captures = bool(meds is not None and _select(config, "meds.enable", False)) and (method != "answer" or dump)
+    if not captures:
+        return problems
+    for key in (
+        "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+        "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
+    ):
+        size = _select(config, key, 1)
+        if size is not None and int(size) > 1:
+            problems.append(
+                f"{key}={size}: MEDS feature capture needs whole sequences on each rank; set it to 1 (or use "
+                "meds.clustering.method=answer, which needs no features)."
+            )
+    if bool(_select(config, "actor_rollout_ref.model.use_fused_kernels", False)):
+        problems.append(
+            "actor_rollout_ref.model.use_fused_kernels=true: the fused log-prob kernels give the feature hooks no "
+            "per-layer states; set it to false."
+        )
+    if bool(_select(config, "algorithm.rollout_correction.bypass_mode", False)):
+        problems.append(
+            "algorithm.rollout_correction.bypass_mode=true: bypass mode skips the log-prob recompute in which MEDS "
+            "captures its features; set it to false."
+        )
+    strategy = str(_select(config, "actor_rollout_ref.actor.strategy", "fsdp"))
+    if strategy not in ("fsdp", "fsdp2"):
+        problems.append(
+            f"actor_rollout_ref.actor.strategy={strategy}: MEDS captures features on FSDP workers only; use fsdp or "
+            "fsdp2."
+        )
+    return problems
+
+
+def check_supported_settings(config: DictConfig) -> None:
+    """Raise on the first settings that MEDS cannot serve (:func:`unsupported_settings`).
 
     Raises:
-        ValueError: for ``algorithm.adv_estimator=meds`` with ``actor_rollout_ref.rollout.multi_turn.enable=true``.
+        ValueError: naming every unsupported field, its value and what to do.
     """
-    estimator = str(OmegaConf.select(config, "algorithm.adv_estimator", default=""))
-    multi_turn = bool(OmegaConf.select(config, "actor_rollout_ref.rollout.multi_turn.enable", default=False))
-    if estimator == "meds" and multi_turn:
-        raise ValueError(
-            "algorithm.adv_estimator=meds does not support actor_rollout_ref.rollout.multi_turn.enable=true: verl "
-            "groups multi-turn sessions by their last output only for its own 'grpo' estimator. Turn multi_turn off."
-        )
+    problems = unsupported_settings(config)
+    if problems:
+        raise ValueError("verl_meds cannot serve these settings:\n- " + "\n- ".join(problems))
 
 
 def prepare(config: DictConfig) -> DictConfig:
@@ -44,7 +99,7 @@ def prepare(config: DictConfig) -> DictConfig:
 
     Raises:
         ValueError: for an invalid ``meds`` or ``exploration`` block (names the field, the value and what is allowed),
-            or an algorithm option the ``meds`` estimator cannot honour (:func:`check_estimator_options`).
+            or a setting MEDS cannot serve (:func:`check_supported_settings`).
         RuntimeError: when the verl_meds registration with verl is incomplete.
     """
     from verl_meds.verl import cpu
@@ -73,7 +128,7 @@ def prepare(config: DictConfig) -> DictConfig:
     from verl_meds.verl.explore import exploration_config_from_trainer_config
 
     exploration_config_from_trainer_config(config)  # the same for the `exploration` block
-    check_estimator_options(config)
+    check_supported_settings(config)
     model_path = os.path.expanduser(str(config.actor_rollout_ref.model.path))
     if meds.enable and os.path.isdir(model_path):
         # Layer numbers that the model does not have fail here, before Ray starts (hub ids are checked at start-up).
