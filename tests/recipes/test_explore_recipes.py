@@ -51,7 +51,9 @@ def test_method_fields(setup, method, monkeypatch):
         # MEDS on DAPO, as meds_dapo, with the answer-keyed memory.
         assert meds.enable and meds.clustering.method == "answer" and not explore.enable
         assert config.algorithm.adv_estimator == "meds" and config.algorithm.filter_groups.enable
-        assert config.reward.custom_reward_function.name == "compute_score"
+        # The DAPO rows' reward is the setup's: +1/-1 on the CPU setups, the authors' 0/1 on GPU.
+        expected = "compute_score" if setup.endswith("_cpu") else "compute_score_acc"
+        assert config.reward.custom_reward_function.name == expected
     else:
         # GRPO (as in the paper) plus the exploration bonus with the paper's c = 0.2.
         assert not meds.enable and explore.enable and explore.bonus_coef == 0.2

@@ -81,6 +81,11 @@ def test_recipe_composes_and_validates(setup, method, monkeypatch):
     dapo_like = method in {"dapo"} or (method.startswith("meds") and method != "meds_grpo")
     assert config.algorithm.filter_groups.enable == dapo_like
     assert config.actor_rollout_ref.actor.clip_ratio_high == (0.28 if dapo_like else 0.2)
+    if setup in CPU_SETUPS:
+        # CPU setups keep the project's +1/-1 score on the DAPO-based rows (their measured results used it).
+        expected_reward = "compute_score" if dapo_like else "compute_score_acc"
+        assert config.reward.custom_reward_function.name == expected_reward
+        assert not config.actor_rollout_ref.actor.use_kl_loss
     if setup == "smollm2_cpu":
         # Inherits the tiny setup's CPU settings; only sizes and the model differ.
         assert config.trainer.device == "cpu" and config.actor_rollout_ref.rollout.name == "hf"
@@ -90,7 +95,12 @@ def test_recipe_composes_and_validates(setup, method, monkeypatch):
         assert config.trainer.default_local_dir.endswith(f"smollm2_cpu/{method}/checkpoints")
     if setup not in CPU_SETUPS:
         assert config.data.train_batch_size == 512 and config.actor_rollout_ref.rollout.n == 16
-        assert config.data.max_response_length == 3072
+        # The GRPO-based rows take the authors' GRPO length where the model's context allows it (7168 on Qwen3).
+        grpo_based = method in {"grpo", "meds_grpo", "explore_hist", "explore_batch"}
+        long = grpo_based and setup != "qwen25_math_7b"
+        assert config.data.max_response_length == (7168 if long else 3072)
+        assert config.reward.reward_kwargs.max_resp_len == config.data.max_response_length
+        assert config.reward.custom_reward_function.name == "compute_score_acc"
         assert config.actor_rollout_ref.actor.optim.lr == pytest.approx(1e-6)
         assert config.reward.reward_kwargs.overlong_buffer_cfg.len == 512
         assert config.trainer.default_local_dir.endswith(f"{config.trainer.project_name}/{method}")
