@@ -89,31 +89,31 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
+_BACKSLASH, _X, _KNOWN = 1, 2, 128  # bits of a token id's flags
+
+
 class _PieceFlags:
-    """Per token id: does its decoded piece hold a backslash, an `x`? Decoded once per id and tokenizer."""
+    """Per token id: does its decoded piece hold a backslash, an `x`? Each id is decoded once per tokenizer."""
 
     def __init__(self, tokenizer: TokenizerLike) -> None:
         self.tokenizer = tokenizer
-        self.backslash = np.zeros(0, dtype=bool)  # indexed by token id
-        self.x = np.zeros(0, dtype=bool)
-        self.known = np.zeros(0, dtype=bool)
+        self.table = np.zeros(0, dtype=np.uint8)  # indexed by token id: _BACKSLASH | _X | _KNOWN bits
 
-    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Flags of `ids` (any shape, int): `(backslash, x)`, both bool arrays of the shape of `ids`."""
-        top = int(ids.max()) + 1 if ids.size else 0
-        if top > self.known.size:
-            grow = top - self.known.size
-            self.backslash = np.concatenate([self.backslash, np.zeros(grow, dtype=bool)])
-            self.x = np.concatenate([self.x, np.zeros(grow, dtype=bool)])
-            self.known = np.concatenate([self.known, np.zeros(grow, dtype=bool)])
-        if ids.size:
-            new = np.unique(ids[~self.known[ids]])
-            for token_id in new.tolist():
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Flags of `ids` (any shape, int >= 0): a uint8 array of the shape of `ids` (bits `_BACKSLASH`, `_X`)."""
+        if ids.size == 0:
+            return np.zeros(ids.shape, dtype=np.uint8)
+        top = int(ids.max()) + 1
+        if top > self.table.size:
+            self.table = np.concatenate([self.table, np.zeros(top - self.table.size, dtype=np.uint8)])
+        flags = self.table[ids]
+        unknown = flags < _KNOWN
+        if unknown.any():
+            for token_id in np.unique(ids[unknown]).tolist():
                 piece = self.tokenizer.decode([token_id])
-                self.backslash[token_id] = "\\" in piece
-                self.x[token_id] = "x" in piece
-            self.known[new] = True
-        return self.backslash[ids], self.x[ids]
+                self.table[token_id] = _KNOWN | (_BACKSLASH * ("\\" in piece)) | (_X * ("x" in piece))
+            flags = self.table[ids]
+        return flags
 
 
 _FLAGS: dict[int, _PieceFlags] = {}
@@ -128,19 +128,25 @@ def _flags(tokenizer: TokenizerLike) -> _PieceFlags:
     return flags
 
 
-def _candidates(backslash: np.ndarray, x: np.ndarray) -> np.ndarray:
+def _candidates(flags: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where a marker can start: backslash tokens with an `x` token at most `_X_REACH - 1` tokens later.
 
     Args:
-        backslash, x (`np.ndarray` of shape `(..., T)`, bool): token flags along the last axis.
+        flags (`np.ndarray` of shape `(N, T)`, uint8): token flags ([`_PieceFlags.lookup`]).
+        lengths (`np.ndarray` of shape `(N,)`, int): real tokens of each row (a prefix of the row).
 
     Returns:
-        `np.ndarray` of the same shape, bool.
+        `tuple[np.ndarray, np.ndarray]`: rows and positions of the candidates, in row-major order.
     """
-    width = x.shape[-1]
-    counts = np.concatenate([np.zeros(x.shape[:-1] + (1,), dtype=np.int64), np.cumsum(x, axis=-1)], axis=-1)
-    ends = np.minimum(np.arange(width) + _X_REACH, width)  # (T,)
-    return backslash & (counts[..., ends] > counts[..., :width])
+    rows, cols = np.nonzero(flags & _BACKSLASH)  # sparse: a few per hundred tokens
+    keep = cols < lengths[rows]
+    rows, cols = rows[keep], cols[keep]
+    has_x = np.zeros(rows.size, dtype=bool)
+    for shift in range(_X_REACH):
+        ahead = cols + shift
+        inside = ahead < lengths[rows]
+        has_x[inside] |= (flags[rows[inside], ahead[inside]] & _X) > 0
+    return rows[has_x], cols[has_x]
 
 
 def _answer_at(ids: np.ndarray, first: int, tokenizer: TokenizerLike) -> int | None:
@@ -193,8 +199,8 @@ def _could_be_marker(piece: str, window: str) -> bool:
 
 
 def _locate_row(ids: np.ndarray, candidates: np.ndarray, tokenizer: TokenizerLike) -> int:
-    """Answer token of one response `ids` (T,) given its candidate mask (T,), or -1."""
-    for first in np.flatnonzero(candidates)[::-1].tolist():
+    """Answer token of one response `ids` (T,) given its candidate positions (ascending), or -1."""
+    for first in candidates[::-1].tolist():
         index = _answer_at(ids, first, tokenizer)
         if index is not None:
             return index
@@ -235,7 +241,8 @@ def locate_answer_token(response_ids: Sequence[int], tokenizer: TokenizerLike) -
     ids = np.asarray([int(token_id) for token_id in response_ids], dtype=np.int64)  # (T,)
     if ids.size == 0:
         return -1
-    return _locate_row(ids, _candidates(*_flags(tokenizer).lookup(ids)), tokenizer)
+    _, candidates = _candidates(_flags(tokenizer).lookup(ids)[None, :], np.array([ids.size]))
+    return _locate_row(ids, candidates, tokenizer)
 
 
 def locate_answer_tokens(
@@ -270,17 +277,21 @@ def locate_answer_tokens(
     answer_positions = torch.full((ids.shape[0],), -1, dtype=torch.long)  # (N,)
     if not mask.any():
         return answer_positions
-    backslash, x = _flags(tokenizer).lookup(np.where(mask, ids, ids[mask][0]))  # (N, T) each
+    if ids.min() < 0:
+        raise ValueError(f"response_ids must be >= 0, got {int(ids.min())}.")
     lengths = mask.sum(axis=1)  # (N,)
-    contiguous = (mask == (np.arange(ids.shape[1]) < lengths[:, None])).all(axis=1)  # (N,) verl's layout
-    candidates = _candidates(backslash & mask, x & mask)  # (N, T); padding is never a candidate
-    for n in np.flatnonzero(contiguous & (lengths > 0)).tolist():
-        index = _locate_row(ids[n, : lengths[n]], candidates[n, : lengths[n]], tokenizer)
+    first_pad = np.where(mask.all(axis=1), mask.shape[1], mask.argmin(axis=1))  # (N,)
+    contiguous = first_pad == lengths  # (N,) verl's layout: the real tokens are a prefix
+    flags = _flags(tokenizer).lookup(ids)  # (N, T)
+    rows, cols = _candidates(flags, np.where(contiguous, lengths, 0))
+    bounds = np.searchsorted(rows, np.arange(ids.shape[0] + 1))  # row n's candidates: bounds[n]:bounds[n + 1]
+    for n in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
+        index = _locate_row(ids[n, : lengths[n]], cols[bounds[n] : bounds[n + 1]], tokenizer)
         if index >= 0:
             answer_positions[n] = index
-    for n in np.flatnonzero(~contiguous).tolist():  # holes in the mask: work on the real tokens only
+    for n in np.flatnonzero(~contiguous & (lengths > 0)).tolist():  # holes in the mask: real tokens only
         positions = np.flatnonzero(mask[n])  # (T_n,)
-        row_candidates = _candidates(backslash[n, positions], x[n, positions])
+        _, row_candidates = _candidates(flags[n, positions][None, :], np.array([positions.size]))
         index = _locate_row(ids[n, positions], row_candidates, tokenizer)
         if index >= 0:
             answer_positions[n] = int(positions[index])
