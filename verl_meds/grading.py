@@ -577,9 +577,14 @@ def _env_number(name: str, default: float) -> float:
 
 
 def default_pool(timeout_seconds: float | None = None) -> GradingPool:
-    """The process-wide pool (one per process and timeout; a forked child gets its own)."""
+    """The process-wide pool (one per process and timeout; a forked child gets its own).
+
+    Sized by the environment: `VERL_MEDS_GRADING_WORKERS` processes (default min(8, CPUs)), each capped at
+    `VERL_MEDS_GRADING_MEMORY_MB` MiB (default 4096), with `timeout_seconds` or `VERL_MEDS_GRADING_TIMEOUT` (default 5)
+    per answer.
+    """
     timeout = timeout_seconds if timeout_seconds is not None else _env_number("VERL_MEDS_GRADING_TIMEOUT", 5.0)
-    workers = int(_env_number("VERL_MEDS_GRADING_WORKERS", min(4, os.cpu_count() or 1)))
+    workers = int(_env_number("VERL_MEDS_GRADING_WORKERS", min(8, os.cpu_count() or 1)))
     memory = int(_env_number("VERL_MEDS_GRADING_MEMORY_MB", DEFAULT_MEMORY_LIMIT_MB))
     key = (os.getpid(), float(timeout), workers, memory)
     with _POOLS_LOCK:
