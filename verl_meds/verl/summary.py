@@ -3,6 +3,15 @@
 Reads every ``OUT_DIR/metrics.*.jsonl`` (one per attempt: the first run and each resume; verl's file logger writes
 one JSON record ``{"step": s, "data": {...}}`` per step), merges them by step (a later attempt wins), prints a short
 report and writes it to ``OUT_DIR/summary.json``.
+
+The report also shows the first `FIRST_STEPS` training steps' answer-found fraction and response clip ratio, the two
+numbers that tell early whether the response budget fits the model (a thinking model that runs out of tokens ends
+without a ``\\boxed{}``: reward 0, no MEDS feature, no penalty):
+
+- ``answer_found_frac``: ``meds/features/answer_found_frac`` (MEDS rows), else ``1 - explore/no_answer_frac``
+  (exploration rows); `None` for rows that log neither (GRPO, DAPO, GRPO with entropy advantage).
+- ``clip_ratio``: verl's ``response_length/clip_ratio``, the fraction of responses that hit
+  ``data.max_response_length``.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ import sys
 from typing import Any
 
 ACC_PATTERN = re.compile(r"^val-core/.+/acc/mean@\d+$")
+FIRST_STEPS = 3
+"""Training steps listed in the report's early-steps table."""
 
 
 def read_metrics(out_dir: str) -> dict[int, dict[str, Any]]:
@@ -36,6 +47,22 @@ def read_metrics(out_dir: str) -> dict[int, dict[str, Any]]:
     return steps
 
 
+def early_step(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """Answer-found fraction and response clip ratio of one step's metrics (`None` when not logged).
+
+    >>> early_step({"explore/no_answer_frac": 0.25, "response_length/clip_ratio": 0.5})
+    {'answer_found_frac': 0.75, 'clip_ratio': 0.5}
+    """
+    found = metrics.get("meds/features/answer_found_frac")
+    if found is None and metrics.get("explore/no_answer_frac") is not None:
+        found = 1.0 - float(metrics["explore/no_answer_frac"])
+    clip = metrics.get("response_length/clip_ratio")
+    return {
+        "answer_found_frac": None if found is None else float(found),
+        "clip_ratio": None if clip is None else float(clip),
+    }
+
+
 def summarise(out_dir: str) -> dict[str, Any]:
     """Report of a run: steps, validation accuracy before/after, MEDS penalties, step time, artefact paths."""
     steps = read_metrics(out_dir)
@@ -53,6 +80,7 @@ def summarise(out_dir: str) -> dict[str, Any]:
         "penalised_responses": int(penalised),
         "mean_step_seconds": sum(step_times) / len(step_times) if step_times else None,
         "train_acc_last": steps[train_steps[-1]].get("critic/score/mean") if train_steps else None,
+        "first_steps": {s: early_step(steps[s]) for s in train_steps[:FIRST_STEPS]},
         "metrics_files": sorted(glob.glob(os.path.join(os.path.abspath(out_dir), "metrics.*.jsonl"))),
         "latest_checkpoint": os.path.abspath(checkpoints[-1]) if checkpoints else None,
         "latest_memory": os.path.abspath(memories[-1]) if memories else None,
@@ -76,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"val accuracy before    : {fmt(report['val_acc_before'])}")
     print(f"val accuracy after     : {fmt(report['val_acc_after'])}")
     print(f"responses penalised    : {report['penalised_responses']}")
+    for step, early in report["first_steps"].items():
+        print(
+            f"step {step:<3} answer found   : {fmt(early['answer_found_frac'])}"
+            f"  (responses cut at max length: {fmt(early['clip_ratio'])})"
+        )
     print(f"metrics (JSONL)        : {', '.join(report['metrics_files']) or 'none'}")
     print(f"latest checkpoint      : {report['latest_checkpoint'] or 'none'}")
     print(f"MEDS memory checkpoint : {report['latest_memory'] or 'none'}")
