@@ -291,3 +291,42 @@ def test_fast_key_leaves_other_answers_to_the_workers(text):
     from verl_meds.grading import fast_key
 
     assert fast_key(text) is None
+
+
+def test_workers_leave_with_their_parent():
+    """A worker whose parent process dies exits, even when a forked sibling still holds the parent's socket."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os, sys, time
+        from verl_meds.grading import default_pool
+        pool = default_pool(5.0)
+        pool.run("grade", [("1", "1")])
+        print(",".join(str(w.process.pid) for w in pool._workers), flush=True)
+        if os.fork() == 0:  # a child that inherits the socket's parent end and outlives the parent
+            time.sleep(30)
+            os._exit(0)
+        os._exit(0)  # the parent dies without closing anything
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    pids = [int(pid) for pid in out.stdout.strip().split(",") if pid]
+    assert pids, out.stderr[-2000:]
+    deadline = time.monotonic() + 20
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.5)
+        alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}") and _not_zombie(pid)]
+    assert alive == [], f"grading workers outlived their parent: {alive}"
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

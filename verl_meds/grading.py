@@ -389,9 +389,14 @@ def worker_main(fd: int, memory_limit_mb: int) -> None:
     import sympy  # noqa: F401
 
     conn = Connection(fd)
+    parent = os.getppid()
     conn.send(("ready", os.getpid()))
     while True:
         try:
+            # Also leave when the parent is gone but a process forked from it still holds the socket open.
+            while not conn.poll(1.0):
+                if os.getppid() != parent:
+                    return
             kind, items = conn.recv()
         except (EOFError, OSError):
             return
