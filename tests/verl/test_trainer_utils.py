@@ -157,3 +157,22 @@ def test_group_degeneracy_counts_singleton_and_flat_groups():
         "meds/groups/flat_frac": 1.0,
     }
     assert group_degeneracy(torch.zeros(0), []) == {"meds/groups/singleton_frac": 0.0, "meds/groups/flat_frac": 0.0}
+
+
+def test_grading_metrics_from_reward_info():
+    from verl_meds.verl.trainer import grading_metrics
+
+    fields = [
+        {"reward_extra_info": {"acc": 1.0, "pred": "4", "grading_timeout": 0.0, "grading_error": 0.0}},
+        {"reward_extra_info": {"acc": 0.0, "pred": "", "grading_timeout": 0.0, "grading_error": 0.0}},
+        {"reward_extra_info": {"acc": 0.0, "pred": "10^{10^{10}}", "grading_timeout": 1.0, "grading_error": 0.0}},
+        {"reward_extra_info": {"acc": 0.0, "pred": "x", "grading_timeout": 0.0, "grading_error": 1.0}},
+    ]
+    metrics = grading_metrics(fields)
+    assert metrics == {
+        "reward/grading_timeout_frac": 0.25,
+        "reward/grading_error_frac": 0.25,
+        "reward/answer_found_frac": 0.75,
+    }
+    # Another library's reward function reports none of these: no metric rather than a made-up 0.
+    assert grading_metrics([{"reward_extra_info": {"acc": 1.0}}, None]) == {}

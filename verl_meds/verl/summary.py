@@ -8,8 +8,9 @@ The report also shows the first `FIRST_STEPS` training steps' answer-found fract
 numbers that tell early whether the response budget fits the model (a thinking model that runs out of tokens ends
 without a ``\\boxed{}``: reward 0, no MEDS feature, no penalty):
 
-- ``answer_found_frac``: ``meds/features/answer_found_frac`` (MEDS rows), else ``1 - explore/no_answer_frac``
-  (exploration rows); `None` for rows that log neither (GRPO, DAPO, GRPO with entropy advantage).
+- ``answer_found_frac``: ``meds/features/answer_found_frac`` (MEDS rows), else ``reward/answer_found_frac`` (every
+  row graded by ``verl_meds.verl.reward``: a closed final box), else ``1 - explore/no_answer_frac``; `None` when none
+  is logged.
 - ``clip_ratio``: verl's ``response_length/clip_ratio``, the fraction of responses that hit
   ``data.max_response_length``.
 """
@@ -53,7 +54,7 @@ def early_step(metrics: dict[str, Any]) -> dict[str, float | None]:
     >>> early_step({"explore/no_answer_frac": 0.25, "response_length/clip_ratio": 0.5})
     {'answer_found_frac': 0.75, 'clip_ratio': 0.5}
     """
-    found = metrics.get("meds/features/answer_found_frac")
+    found = metrics.get("meds/features/answer_found_frac", metrics.get("reward/answer_found_frac"))
     if found is None and metrics.get("explore/no_answer_frac") is not None:
         found = 1.0 - float(metrics["explore/no_answer_frac"])
     clip = metrics.get("response_length/clip_ratio")

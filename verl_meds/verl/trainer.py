@@ -575,6 +575,9 @@ def entropy_adv_config_from_trainer_config(config: DictConfig) -> EntropyAdvanta
 GRADING_FLAGS = {"grading_timeout": "reward/grading_timeout_frac", "grading_error": "reward/grading_error_frac"}
 """Flags of ``verl_meds.verl.reward`` in verl's reward info -> the step metric of their mean."""
 
+ANSWER_FOUND_METRIC = "reward/answer_found_frac"
+"""Fraction of a step's responses whose reward function extracted a final answer (every method logs it)."""
+
 
 def grading_metrics(extra_fields: list) -> dict[str, float]:
     """Fraction of the step's responses whose grading hit its time bound or failed (graded wrong).
@@ -584,7 +587,8 @@ def grading_metrics(extra_fields: list) -> dict[str, float]:
 
     Returns:
         `dict[str, float]`: ``reward/grading_timeout_frac`` and ``reward/grading_error_frac`` over the responses
-        whose reward function reported the flag (a reward function of another library reports none: no metric).
+        whose reward function reported the flag (a reward function of another library reports none: no metric), and
+        ``reward/answer_found_frac``, the fraction whose reward found a closed final box (a non-empty ``pred``).
     """
     metrics = {}
     infos = [f.get("reward_extra_info", {}) if isinstance(f, dict) else {} for f in extra_fields]
@@ -592,6 +596,9 @@ def grading_metrics(extra_fields: list) -> dict[str, float]:
         values = [float(info[flag]) for info in infos if info.get(flag) is not None]
         if values:
             metrics[name] = sum(values) / len(values)
+    preds = [info["pred"] for info in infos if isinstance(info.get("pred"), str)]
+    if preds:
+        metrics[ANSWER_FOUND_METRIC] = sum(1 for pred in preds if pred) / len(preds)
     return metrics
 
 
