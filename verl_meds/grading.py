@@ -31,7 +31,7 @@ reward functions from executor threads. So the parsing and comparing run in sepa
 pool, started on first use, one per process that grades): each answer has `timeout_seconds` (default 5 s), and a
 worker that runs past it is killed and replaced. Such an answer is graded wrong and gets no key, with status
 `"timeout"`; a worker that fails (e.g. over its memory cap, `memory_limit_mb`) gives status `"error"`. The
-callers count both in metrics (`reward/grading_timeout` in verl's reward info, `meds/answer_key/timeouts`).
+callers count both in metrics (`reward/grading_timeout_frac`, `answer_key/timeouts`).
 
 Example:
 

@@ -55,14 +55,14 @@ def test_response_answer_keys_bucket_equivalent_forms():
     keys, metrics = response_answer_keys(texts)
     assert keys[0] == keys[1] == keys[2] == "sym:1/2"
     assert keys[3] == "sym:3" and keys[4] is None and keys[5] is None  # unclosed box: no answer
-    assert metrics == {"meds/answer_key/timeouts": 0.0, "meds/answer_key/errors": 0.0}
+    assert metrics == {"answer_key/timeouts": 0.0, "answer_key/errors": 0.0}
 
 
 def test_response_answer_keys_count_what_hit_the_time_bound(monkeypatch):
     monkeypatch.setenv("VERL_MEDS_GRADING_TIMEOUT", "1.0")
     keys, metrics = response_answer_keys([r"so \boxed{10^{10^{10}}}", r"\boxed{2}"])
     assert keys == [None, "sym:2"]
-    assert metrics["meds/answer_key/timeouts"] == 1.0
+    assert metrics["answer_key/timeouts"] == 1.0
 
 
 def test_explore_advantages_batch_masks_the_answer_tokens():

@@ -25,8 +25,8 @@ from verl_meds.config import ExplorationConfig
 from verl_meds.exploration import NO_ANSWER, AnswerCounts, apply_bonus_to_advantages, exploration_bonus
 from verl_meds.grading import OK, TIMEOUT, answer_keys
 
-ANSWER_KEY_TIMEOUTS = "meds/answer_key/timeouts"
-ANSWER_KEY_ERRORS = "meds/answer_key/errors"
+ANSWER_KEY_TIMEOUTS = "answer_key/timeouts"
+ANSWER_KEY_ERRORS = "answer_key/errors"
 
 
 def exploration_config_from_trainer_config(config: DictConfig) -> ExplorationConfig:
@@ -41,7 +41,7 @@ def exploration_config_from_trainer_config(config: DictConfig) -> ExplorationCon
 
 def response_answer_keys(texts: list[str]) -> tuple[list[str | None], dict[str, float]]:
     """Answer key of each decoded response (content of its last closed ``\\boxed{}``), ``None`` when it has none or
-    its key hit the time bound; and the metrics ``meds/answer_key/timeouts`` and ``meds/answer_key/errors``
+    its key hit the time bound; and the metrics ``answer_key/timeouts`` and ``answer_key/errors``
     (number of responses whose key timed out or failed)."""
     keys, statuses = answer_keys([extract_boxed(text) for text in texts])
     metrics = {
