@@ -131,15 +131,20 @@ class LogitLensCapture:
             )
         self.flat_positions = flat_positions.long()
         self.answer_tokens = answer_tokens.long()
+        # The bound is read once, on the host: a read per hooked layer would synchronise the device each time.
+        self._max_position = int(self.flat_positions.max()) if self.flat_positions.numel() else -1
+        self._positions_on: dict[torch.device, torch.Tensor] = {}
         self._rows: dict[int, torch.Tensor] = {}
         self._handles: list = []
         self.features: torch.Tensor | None = None
 
     def _gather(self, hidden: torch.Tensor) -> torch.Tensor:
         flat = hidden.reshape(-1, hidden.shape[-1])  # (B*S, D)
-        positions = self.flat_positions.to(flat.device)
-        if positions.numel() and int(positions.max()) >= flat.shape[0]:
-            raise RuntimeError(f"answer position {int(positions.max())} outside the forward's {flat.shape[0]} rows")
+        if self._max_position >= flat.shape[0]:
+            raise RuntimeError(f"answer position {self._max_position} outside the forward's {flat.shape[0]} rows")
+        positions = self._positions_on.get(flat.device)
+        if positions is None:
+            positions = self._positions_on[flat.device] = self.flat_positions.to(flat.device)
         return flat.index_select(0, positions).detach()  # (n, D)
 
     def _layer_hook(self, layer: int):
