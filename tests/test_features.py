@@ -147,3 +147,23 @@ def test_finalize_diff():
 def test_finders(model):
     assert len(find_decoder_layers(model)) == 6
     assert find_final_norm(model) is model.model.norm
+
+
+def test_position_outside_the_forward_is_an_error_and_read_once(model, monkeypatch):
+    ids, _, _ = _batch()
+    too_far = torch.tensor([ids.numel()])  # one past the last row of the flattened (B*S, D) states
+    with pytest.raises(RuntimeError, match="outside the forward's"):
+        with torch.no_grad(), LogitLensCapture(model, [4, 5, 6], True, too_far, torch.zeros(1, dtype=torch.long)):
+            model(ids)
+    reads = []
+    original = torch.Tensor.max
+
+    def spy(self, *args, **kwargs):
+        reads.append(tuple(self.shape))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "max", spy)
+    flat = torch.tensor([0, 3])
+    with torch.no_grad(), LogitLensCapture(model, [3, 4, 5, 6], True, flat, torch.zeros(2, dtype=torch.long)):
+        model(ids)
+    assert reads.count((2,)) <= 1  # the positions' bound: once per capture, not once per hooked layer
