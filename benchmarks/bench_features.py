@@ -49,14 +49,28 @@ from verl_meds.config import FeatureConfig
 from verl_meds.features import LogitLensCapture, find_final_norm
 
 CONFIGS = {
-    "tiny": dict(
-        num_hidden_layers=8, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=192,
-        vocab_size=384, tie_word_embeddings=False, batch=16, seq=128,
-    ),
-    "wide": dict(
-        num_hidden_layers=28, hidden_size=1024, num_attention_heads=16, num_key_value_heads=8, intermediate_size=3072,
-        vocab_size=151936, tie_word_embeddings=True, batch=4, seq=96,
-    ),
+    "tiny": {
+        "num_hidden_layers": 8,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 192,
+        "vocab_size": 384,
+        "tie_word_embeddings": False,
+        "batch": 16,
+        "seq": 128,
+    },
+    "wide": {
+        "num_hidden_layers": 28,
+        "hidden_size": 1024,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "intermediate_size": 3072,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+        "batch": 4,
+        "seq": 96,
+    },
 }
 
 
@@ -181,8 +195,16 @@ def bench(name: str, args: argparse.Namespace) -> dict:
     params = sum(p.numel() for p in model.parameters())
     del model
     return {
-        "name": name, "params": params, "batch": batch_size, "seq": seq, "layers": layers, "medians": medians,
-        "max_gap": max_gap, "build_seconds": build_seconds, "times": times, "paired": paired,
+        "name": name,
+        "params": params,
+        "batch": batch_size,
+        "seq": seq,
+        "layers": layers,
+        "medians": medians,
+        "max_gap": max_gap,
+        "build_seconds": build_seconds,
+        "times": times,
+        "paired": paired,
         "hook_seconds": TimedCapture.seconds / args.repeats,
     }
 
@@ -229,8 +251,8 @@ def main() -> None:
                 print(f"    {pair:<22} = {ratio:.3f}  (median of per-round ratios; ratio of minima {minima:.3f})")
         hooks = result["hook_seconds"]
         print(
-            f"  capture hooks' own CPU time: {hooks * 1e3:.2f} ms per forward = {hooks / m['cpu']['plain']:.2%} of the "
-            "plain forward"
+            f"  capture hooks' own CPU time: {hooks * 1e3:.2f} ms per forward = "
+            f"{hooks / m['cpu']['plain']:.2%} of the plain forward"
         )
     print(f"\nload average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -91,24 +91,54 @@ class BenchmarkSpec:
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     spec.name: spec
     for spec in (
-        BenchmarkSpec("aime24", "AIME24", "aime24", 30,
-                      Source("aime24/test.jsonl", "problem", "answer"),
-                      Source("HuggingFaceH4/aime_2024", "problem", "answer", split="train")),
-        BenchmarkSpec("amc23", "AMC23", "amc23", 40,
-                      Source("amc23/test.jsonl", "problem", "answer"),
-                      Source("math-ai/amc23", "question", "answer")),
-        BenchmarkSpec("math500", "MATH500", "HuggingFaceH4/MATH-500", 500,
-                      Source("math500/test.jsonl", "problem", "answer"),
-                      Source("HuggingFaceH4/MATH-500", "problem", "answer")),
-        BenchmarkSpec("minerva_math", "Minerva", "minerva_math", 272,
-                      Source("minerva_math/test.jsonl", "problem", "solution", style="boxed"),
-                      Source("math-ai/minervamath", "question", "answer")),
-        BenchmarkSpec("olympiadbench", "Olympiad", "olympiadbench", 675,
-                      Source("olympiadbench/test.jsonl", "question", "final_answer"),
-                      Source("math-ai/olympiadbench", "question", "final_answer")),
-        BenchmarkSpec("gsm8k", "GSM8K", "openai/gsm8k", 1319,
-                      Source("gsm8k/test.jsonl", "question", "answer", style="gsm8k"),
-                      Source("openai/gsm8k", "question", "answer", style="gsm8k", hub_config="main")),
+        BenchmarkSpec(
+            "aime24",
+            "AIME24",
+            "aime24",
+            30,
+            Source("aime24/test.jsonl", "problem", "answer"),
+            Source("HuggingFaceH4/aime_2024", "problem", "answer", split="train"),
+        ),
+        BenchmarkSpec(
+            "amc23",
+            "AMC23",
+            "amc23",
+            40,
+            Source("amc23/test.jsonl", "problem", "answer"),
+            Source("math-ai/amc23", "question", "answer"),
+        ),
+        BenchmarkSpec(
+            "math500",
+            "MATH500",
+            "HuggingFaceH4/MATH-500",
+            500,
+            Source("math500/test.jsonl", "problem", "answer"),
+            Source("HuggingFaceH4/MATH-500", "problem", "answer"),
+        ),
+        BenchmarkSpec(
+            "minerva_math",
+            "Minerva",
+            "minerva_math",
+            272,
+            Source("minerva_math/test.jsonl", "problem", "solution", style="boxed"),
+            Source("math-ai/minervamath", "question", "answer"),
+        ),
+        BenchmarkSpec(
+            "olympiadbench",
+            "Olympiad",
+            "olympiadbench",
+            675,
+            Source("olympiadbench/test.jsonl", "question", "final_answer"),
+            Source("math-ai/olympiadbench", "question", "final_answer"),
+        ),
+        BenchmarkSpec(
+            "gsm8k",
+            "GSM8K",
+            "openai/gsm8k",
+            1319,
+            Source("gsm8k/test.jsonl", "question", "answer", style="gsm8k"),
+            Source("openai/gsm8k", "question", "answer", style="gsm8k", hub_config="main"),
+        ),
     )
 }
 """Every supported benchmark by name, in the paper's table order (GSM8K last; it is not in the paper's Table 1)."""
@@ -200,9 +230,15 @@ def load_benchmark(
     """
     spec = get_benchmark(name)
     location, source = resolve_source(spec, input, data_dir)
-    rows = convert_records(_rows(location, source, limit), split="test", style=source.style,
-                           question_field=source.question_field, answer_field=source.answer_field,
-                           data_source=spec.data_source, instruction=instruction)
+    rows = convert_records(
+        _rows(location, source, limit),
+        split="test",
+        style=source.style,
+        question_field=source.question_field,
+        answer_field=source.answer_field,
+        data_source=spec.data_source,
+        instruction=instruction,
+    )
     for row in rows:
         gold = strip_math_delimiters(row["reward_model"]["ground_truth"])
         row["reward_model"]["ground_truth"] = gold
@@ -239,17 +275,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point; see the module docstring."""
     parser = argparse.ArgumentParser(description="Write evaluation benchmarks as verl parquet files.")
     parser.add_argument("--out-dir", required=True, help="folder for <name>.parquet files")
-    parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS),
-                        help="benchmarks to convert (default: all)")
-    parser.add_argument("--data-dir", default=None,
-                        help=f"folder of local JSONL copies (default: ${DATA_DIR_ENV}); else the hub")
+    parser.add_argument(
+        "--benchmarks",
+        nargs="+",
+        default=list(BENCHMARKS),
+        choices=list(BENCHMARKS),
+        help="benchmarks to convert (default: all)",
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help=f"folder of local JSONL copies (default: ${DATA_DIR_ENV}); else the hub"
+    )
     parser.add_argument("--limit", type=int, default=None, help="keep only the first N problems of each")
     parser.add_argument("--instruction", default=BOXED_INSTRUCTION, help="text appended to each question")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for name in args.benchmarks:
-        path = convert_benchmark(name, Path(args.out_dir) / f"{name}.parquet", data_dir=args.data_dir,
-                                 limit=args.limit, instruction=args.instruction)
+        path = convert_benchmark(
+            name,
+            Path(args.out_dir) / f"{name}.parquet",
+            data_dir=args.data_dir,
+            limit=args.limit,
+            instruction=args.instruction,
+        )
         print(path)  # noqa: T201 - CLI output
 
 

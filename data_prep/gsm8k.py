@@ -92,7 +92,7 @@ def extract_last_boxed(text: str) -> str:
             depth -= 1
             if depth == 0:
                 return text[begin:pos].strip()
-    raise ValueError(f"unbalanced braces after \\boxed{{ in text: {text[start:start + 80]!r}")
+    raise ValueError(f"unbalanced braces after \\boxed{{ in text: {text[start : start + 80]!r}")
 
 
 def _format_number(value: int | float) -> str:
@@ -232,11 +232,23 @@ def convert_records(
         if answer is None:
             skipped.append(index)
             continue
-        out.append(make_record(data_source=data_source, question=question.strip(), answer=answer, index=index,
-                               split=split, instruction=instruction))
+        out.append(
+            make_record(
+                data_source=data_source,
+                question=question.strip(),
+                answer=answer,
+                index=index,
+                split=split,
+                instruction=instruction,
+            )
+        )
     if skipped:
-        logger.warning("skipped %d records with a missing or empty %r field (indices %s)", len(skipped), answer_field,
-                       skipped[:20])
+        logger.warning(
+            "skipped %d records with a missing or empty %r field (indices %s)",
+            len(skipped),
+            answer_field,
+            skipped[:20],
+        )
     return out
 
 
@@ -278,8 +290,15 @@ def convert_file(
         logger.info("%s is not a local file; loading it as a hub dataset", input)
         split = split or "train"
         rows = iter_hub_dataset(str(input), hf_config, split, limit)
-    records = convert_records(rows, split=split, style=style, question_field=question_field,
-                              answer_field=answer_field, data_source=data_source, instruction=instruction)
+    records = convert_records(
+        rows,
+        split=split,
+        style=style,
+        question_field=question_field,
+        answer_field=answer_field,
+        data_source=data_source,
+        instruction=instruction,
+    )
     if not records:
         raise ValueError(f"no records with an answer in {input}")
     return write_parquet(records, out)
@@ -300,9 +319,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--hf-config", default="main", help="hub dataset config (only for hub ids)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    path = convert_file(args.input, args.out, limit=args.limit, split=args.split, style=args.style,
-                        question_field=args.question_field, answer_field=args.answer_field,
-                        data_source=args.data_source, instruction=args.instruction, hf_config=args.hf_config)
+    path = convert_file(
+        args.input,
+        args.out,
+        limit=args.limit,
+        split=args.split,
+        style=args.style,
+        question_field=args.question_field,
+        answer_field=args.answer_field,
+        data_source=args.data_source,
+        instruction=args.instruction,
+        hf_config=args.hf_config,
+    )
     print(path)  # noqa: T201 - CLI output
 
 

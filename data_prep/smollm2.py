@@ -188,7 +188,7 @@ def split_single_digit(n_test: int = 40, seed: int = 0) -> dict[str, list[Single
         same_op = [p for p in all_single_digit_problems() if p.op == op]
         rng.shuffle(same_op)
         test += same_op[: n_test // 2]
-        train += same_op[n_test // 2:]
+        train += same_op[n_test // 2 :]
     rng.shuffle(train)
     rng.shuffle(test)
     return {"train": train, "test": test}
@@ -205,8 +205,14 @@ def single_digit_record(problem: SingleDigitProblem, index: int, split: str) -> 
     Returns:
         `dict[str, Any]`: the row; ``extra_info.question`` is the bare question, ``prompt`` the three messages.
     """
-    record = make_record(data_source=DATA_SOURCE, question=problem.question, answer=str(problem.answer),
-                         index=index, split=split, instruction=INSTRUCTION)
+    record = make_record(
+        data_source=DATA_SOURCE,
+        question=problem.question,
+        answer=str(problem.answer),
+        index=index,
+        split=split,
+        instruction=INSTRUCTION,
+    )
     record["prompt"] = prompt_messages(problem)
     return record
 
@@ -386,8 +392,12 @@ def convert_smollm2(out_dir: str | os.PathLike | None = None, force: bool = Fals
     out_dir = Path(out_dir) if out_dir is not None else DEFAULT_CACHE / "model"
     gguf_path = find_gguf()
     info = _read_info(out_dir)
-    if (not force and info is not None and info.get("build_version") == BUILD_VERSION
-            and info.get("gguf_bytes") == gguf_path.stat().st_size):
+    if (
+        not force
+        and info is not None
+        and info.get("build_version") == BUILD_VERSION
+        and info.get("gguf_bytes") == gguf_path.stat().st_size
+    ):
         logger.info("reusing %s", out_dir)
         return out_dir
     if out_dir.exists() and info is None and (not out_dir.is_dir() or any(out_dir.iterdir())):

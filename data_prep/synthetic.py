@@ -165,7 +165,7 @@ def parse_expression(expression: str) -> Tree:
     parser = _Parser(expression)
     tree = parser.sum()
     if parser.pos != len(parser.tokens):
-        raise ValueError(f"trailing tokens {parser.tokens[parser.pos:]} in {expression!r}")
+        raise ValueError(f"trailing tokens {parser.tokens[parser.pos :]} in {expression!r}")
     return tree
 
 
@@ -429,8 +429,9 @@ def generate_problems(n: int, seed: int = 0, forms: Sequence[str] = FORMS) -> li
         raise ValueError(f"unknown or empty forms {list(forms)}; valid forms: {list(FORMS)}")
     pool = [p for form in dict.fromkeys(forms) for p in all_problems(form)]
     if not 0 <= n <= len(pool):
-        raise ValueError(f"n must be in [0, {len(pool)}] (the number of distinct problems of forms {list(forms)}), "
-                         f"got {n}")
+        raise ValueError(
+            f"n must be in [0, {len(pool)}] (the number of distinct problems of forms {list(forms)}), got {n}"
+        )
     random.Random(seed).shuffle(pool)
     return pool[:n]
 
@@ -472,8 +473,14 @@ def to_verl_records(
         `list[dict]`: rows as described in `data_prep.verl_format`; the ground truth is ``str(answer)``.
     """
     return [
-        make_record(data_source=data_source, question=p.question, answer=str(p.answer), index=i, split=split,
-                    instruction=instruction)
+        make_record(
+            data_source=data_source,
+            question=p.question,
+            answer=str(p.answer),
+            index=i,
+            split=split,
+            instruction=instruction,
+        )
         for i, p in enumerate(problems)
     ]
 

@@ -170,8 +170,9 @@ class TinyModelConfig:
 
     def config_hash(self, seed: int) -> str:
         """`str`: 16 hex digits of the SHA-256 of this config, ``seed`` and `BUILD_VERSION`."""
-        payload = json.dumps({"config": dataclasses.asdict(self), "seed": seed, "version": BUILD_VERSION},
-                             sort_keys=True)
+        payload = json.dumps(
+            {"config": dataclasses.asdict(self), "seed": seed, "version": BUILD_VERSION}, sort_keys=True
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -382,8 +383,15 @@ class _PadCollator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def train_sft(model, tokenizer, pairs: Sequence[tuple[Problem, str]], config: TinyModelConfig, steps: int,
-              seed: int, work_dir: str | Path) -> float:
+def train_sft(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[Problem, str]],
+    config: TinyModelConfig,
+    steps: int,
+    seed: int,
+    work_dir: str | Path,
+) -> float:
     """Supervised warm start with ``transformers.Trainer`` (CPU, one pass over ``pairs``).
 
     Args:
@@ -418,14 +426,19 @@ def train_sft(model, tokenizer, pairs: Sequence[tuple[Problem, str]], config: Ti
         remove_unused_columns=False,
         disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=_encode_sft(tokenizer, pairs),
-                      data_collator=_PadCollator(tokenizer.pad_token_id))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=_encode_sft(tokenizer, pairs),
+        data_collator=_PadCollator(tokenizer.pad_token_id),
+    )
     result = trainer.train()
     return float(result.training_loss)
 
 
-def sample_responses(model, tokenizer, problems: Sequence[Problem], max_new_tokens: int = 48, seed: int = 0,
-                     batch_size: int = 100) -> list[str]:
+def sample_responses(
+    model, tokenizer, problems: Sequence[Problem], max_new_tokens: int = 48, seed: int = 0, batch_size: int = 100
+) -> list[str]:
     """Sample one response per problem at temperature 1.0 (no top-k/top-p), as verl's rollout does by default.
 
     Args:
@@ -446,15 +459,24 @@ def sample_responses(model, tokenizer, problems: Sequence[Problem], max_new_toke
     tokenizer.padding_side = "left"
     responses = []
     for start in range(0, len(problems), batch_size):
-        chunk = problems[start:start + batch_size]
-        prompts = [tokenizer.apply_chat_template(prompt_messages(p), add_generation_prompt=True, tokenize=False)
-                   for p in chunk]
+        chunk = problems[start : start + batch_size]
+        prompts = [
+            tokenizer.apply_chat_template(prompt_messages(p), add_generation_prompt=True, tokenize=False)
+            for p in chunk
+        ]
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                 max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id)
-        new_tokens = out[:, enc["input_ids"].shape[1]:]  # (B, T)
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B, T)
         responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return responses
 
@@ -524,8 +546,12 @@ def _save_folder(folder: Path, model, tokenizer, info: dict[str, Any]) -> None:
         path.chmod(0o666 & ~umask)
 
 
-def build_tiny_model(out_dir: str | os.PathLike = DEFAULT_TINY_DIR, seed: int = 0,
-                     config: TinyModelConfig | None = None, force: bool = False) -> Path:
+def build_tiny_model(
+    out_dir: str | os.PathLike = DEFAULT_TINY_DIR,
+    seed: int = 0,
+    config: TinyModelConfig | None = None,
+    force: bool = False,
+) -> Path:
     """Build (or reuse) the tiny warm-started policy folder.
 
     Args:
@@ -560,8 +586,9 @@ def build_tiny_model(out_dir: str | os.PathLike = DEFAULT_TINY_DIR, seed: int = 
     splits = split_problems(n_train=0, n_test=config.n_test, seed=seed)
     test_set = set(splits["test"])
     train_problems = [p for form in FORMS for p in all_problems(form) if p not in test_set]
-    tokenizer = build_tokenizer(tokenizer_corpus(train_problems, config.tokenizer_corpus_size, seed),
-                                config.vocab_size)
+    tokenizer = build_tokenizer(
+        tokenizer_corpus(train_problems, config.tokenizer_corpus_size, seed), config.vocab_size
+    )
     torch.manual_seed(seed)
     model = make_model(config, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     n_params = sum(p.numel() for p in model.parameters())
@@ -577,8 +604,13 @@ def build_tiny_model(out_dir: str | os.PathLike = DEFAULT_TINY_DIR, seed: int = 
             rounds, total_steps = rounds + 1, total_steps + steps
             responses = sample_responses(model, tokenizer, splits["test"], config.max_new_tokens, seed)
             grades = grade_responses(splits["test"], responses)
-            logger.info("round %d: %d steps, loss %.3f, sampled accuracy %.3f", rounds, total_steps, losses[-1],
-                        grades["accuracy"])
+            logger.info(
+                "round %d: %d steps, loss %.3f, sampled accuracy %.3f",
+                rounds,
+                total_steps,
+                losses[-1],
+                grades["accuracy"],
+            )
             if grades["accuracy"] >= low:
                 break
     if not low <= grades["accuracy"] <= high:
@@ -600,8 +632,14 @@ def build_tiny_model(out_dir: str | os.PathLike = DEFAULT_TINY_DIR, seed: int = 
         "train_loss_per_round": losses,
         "sampled_accuracy": grades["accuracy"],
         "sampled_grades": grades,
-        "eval": {"n_problems": config.n_test, "temperature": 1.0, "top_k": None, "top_p": 1.0,
-                 "max_new_tokens": config.max_new_tokens, "test_split_seed": seed},
+        "eval": {
+            "n_problems": config.n_test,
+            "temperature": 1.0,
+            "top_k": None,
+            "top_p": 1.0,
+            "max_new_tokens": config.max_new_tokens,
+            "test_split_seed": seed,
+        },
         "build_seconds": round(time.time() - started, 1),
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -611,8 +649,9 @@ def build_tiny_model(out_dir: str | os.PathLike = DEFAULT_TINY_DIR, seed: int = 
         replace_folder(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("saved %s: accuracy %.3f, %d parameters, %.0f s", out_dir, grades["accuracy"], n_params,
-                info["build_seconds"])
+    logger.info(
+        "saved %s: accuracy %.3f, %d parameters, %.0f s", out_dir, grades["accuracy"], n_params, info["build_seconds"]
+    )
     return out_dir
 
 
@@ -646,11 +685,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    path = build_tiny_model(args.out, seed=args.seed, config=TinyModelConfig(train_steps=args.train_steps),
-                            force=args.force)
+    path = build_tiny_model(
+        args.out, seed=args.seed, config=TinyModelConfig(train_steps=args.train_steps), force=args.force
+    )
     info = _read_info(path) or {}
-    summary = (f"{path}: sampled accuracy {info.get('sampled_accuracy')}, {info.get('num_parameters')} parameters, "
-               f"built in {info.get('build_seconds')} s")
+    summary = (
+        f"{path}: sampled accuracy {info.get('sampled_accuracy')}, {info.get('num_parameters')} parameters, "
+        f"built in {info.get('build_seconds')} s"
+    )
     print(summary)  # noqa: T201 - CLI output
 
 

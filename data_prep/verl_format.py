@@ -106,8 +106,9 @@ def _arrow_schema():
             ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
             (
                 "extra_info",
-                pa.struct([("index", pa.int64()), ("split", pa.string()), ("question", pa.string()),
-                           ("answer", pa.string())]),
+                pa.struct(
+                    [("index", pa.int64()), ("split", pa.string()), ("question", pa.string()), ("answer", pa.string())]
+                ),
             ),
         ]
     )

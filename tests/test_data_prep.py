@@ -76,14 +76,23 @@ def test_generator_rejects_bad_requests():
     ("form", "operands", "expected"),
     [
         # Worked by hand: 4*6=24, 17+24=41; (17+4)*6; 17+(4+6); 7+4 -> 1 and 1+2 -> 3 (carry dropped); 41+1.
-        ("a+b*c", (17, 4, 6), {"correct": 41, "wrong_order": 126, "add_for_mul": 27, "dropped_carry": 31,
-                               "off_by_one": 42}),
+        (
+            "a+b*c",
+            (17, 4, 6),
+            {"correct": 41, "wrong_order": 126, "add_for_mul": 27, "dropped_carry": 31, "off_by_one": 42},
+        ),
         # 8+6=14, 14*7=98; 8+6*7=50; 8+6+7=21; 8+6 -> 4, 4*7=28; 99.
-        ("(a+b)*c", (8, 6, 7), {"correct": 98, "wrong_order": 50, "add_for_mul": 21, "dropped_carry": 28,
-                                "off_by_one": 99}),
+        (
+            "(a+b)*c",
+            (8, 6, 7),
+            {"correct": 98, "wrong_order": 50, "add_for_mul": 21, "dropped_carry": 28, "off_by_one": 99},
+        ),
         # 12+9=21, 3*21=63; 3*12+9=45; 3+12+9=24; 12+9 -> 11 (2+9 -> 1, 1+0 -> 1), 3*11=33; 64.
-        ("a*(b+c)", (3, 12, 9), {"correct": 63, "wrong_order": 45, "add_for_mul": 24, "dropped_carry": 33,
-                                 "off_by_one": 64}),
+        (
+            "a*(b+c)",
+            (3, 12, 9),
+            {"correct": 63, "wrong_order": 45, "add_for_mul": 24, "dropped_carry": 33, "off_by_one": 64},
+        ),
     ],
 )
 def test_procedures_on_hand_worked_examples(form, operands, expected):
@@ -96,15 +105,20 @@ def test_procedures_on_hand_worked_examples(form, operands, expected):
 
 def test_faulty_procedures_differ_from_correct_on_typical_inputs():
     problems = synthetic.generate_problems(1000, seed=5)
-    differ = {name: sum(PROCEDURES[name](p) != python_eval(p.expression) for p in problems) / len(problems)
-              for name in FAULTY_PROCEDURES}
+    differ = {
+        name: sum(PROCEDURES[name](p) != python_eval(p.expression) for p in problems) / len(problems)
+        for name in FAULTY_PROCEDURES
+    }
     for name in ("wrong_order", "add_for_mul", "off_by_one"):
         assert differ[name] > 0.95, differ
     # dropped_carry only differs when an addition carries: about half of these problems.
     assert 0.3 < differ["dropped_carry"] < 0.7, differ
     # The faulty answers are mostly distinct from each other too, so a wrong answer names one error mode.
-    distinct = [len({PROCEDURES[name](p) for name in FAULTY_PROCEDURES if PROCEDURES[name](p) != p.answer})
-                == sum(PROCEDURES[name](p) != p.answer for name in FAULTY_PROCEDURES) for p in problems]
+    distinct = [
+        len({PROCEDURES[name](p) for name in FAULTY_PROCEDURES if PROCEDURES[name](p) != p.answer})
+        == sum(PROCEDURES[name](p) != p.answer for name in FAULTY_PROCEDURES)
+        for p in problems
+    ]
     assert sum(distinct) / len(problems) > 0.9
     assert min(PROCEDURES[name](p) for p in problems for name in FAULTY_PROCEDURES) >= 0
 
@@ -149,9 +163,23 @@ def test_synthetic_cli_writes_verl_parquet(tmp_path):
     import pyarrow.parquet as pq
 
     result = subprocess.run(
-        [sys.executable, "-m", "data_prep.synthetic", "--out", str(tmp_path), "--n-train", "40", "--n-test", "10",
-         "--seed", "0"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "data_prep.synthetic",
+            "--out",
+            str(tmp_path),
+            "--n-train",
+            "40",
+            "--n-test",
+            "10",
+            "--seed",
+            "0",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "train.parquet" in result.stdout
     for split, n in (("train", 40), ("test", 10)):
@@ -185,7 +213,10 @@ def test_gsm8k_conversion_on_shared_file(tmp_path):
     out = tmp_path / "gsm8k_train.parquet"
     subprocess.run(
         [sys.executable, "-m", "data_prep.gsm8k", "--input", str(GSM8K_TRAIN), "--out", str(out), "--limit", "50"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     rows = read_parquet(out)
     raw = [json.loads(line) for line in GSM8K_TRAIN.read_text(encoding="utf-8").splitlines()[:50]]
@@ -285,7 +316,7 @@ def test_tokenizer_round_trip_after_save_and_auto_load(tiny_tokenizer, tmp_path)
         assert loaded.decode(ids) == __import__("unicodedata").normalize("NFC", text)
     tokens = loaded.convert_ids_to_tokens(loaded.encode(response, add_special_tokens=False))
     boxed_at = tokens.index("\\boxed{")
-    assert tokens[boxed_at + 1:] == ["4", "5", "}", "<|im_end|>"]
+    assert tokens[boxed_at + 1 :] == ["4", "5", "}", "<|im_end|>"]
     assert all(len(t) == 1 for t in tokens if t.isdigit())
     assert len(loaded.encode(prompt, add_special_tokens=False)) < 40
 
@@ -339,8 +370,9 @@ def test_tiny_build_pipeline_end_to_end_with_a_tiny_budget(tmp_path):
     from data_prep import tiny_model
 
     torch.set_num_threads(1)
-    config = tiny_model.TinyModelConfig(train_steps=2, batch_size=8, n_test=8, max_new_tokens=6,
-                                        tokenizer_corpus_size=200, accuracy_band=(0.0, 1.0))
+    config = tiny_model.TinyModelConfig(
+        train_steps=2, batch_size=8, n_test=8, max_new_tokens=6, tokenizer_corpus_size=200, accuracy_band=(0.0, 1.0)
+    )
     out = tiny_model.build_tiny_model(tmp_path / "tiny", seed=0, config=config)
     info = json.loads((out / tiny_model.INFO_FILE).read_text())
     assert info["config_hash"] == config.config_hash(0) and info["train_steps"] == 2
@@ -354,9 +386,19 @@ def test_tiny_build_pipeline_end_to_end_with_a_tiny_budget(tmp_path):
     assert tiny_model.build_tiny_model(tmp_path / "tiny", seed=0, config=config) == out  # cache hit: no rebuild
     assert (out / "model.safetensors").stat().st_mtime_ns == mtime
     with pytest.raises(RuntimeError, match="outside the band"):
-        tiny_model.build_tiny_model(tmp_path / "never", seed=0, config=tiny_model.TinyModelConfig(
-            train_steps=1, batch_size=4, n_test=4, max_new_tokens=2, tokenizer_corpus_size=100, max_rounds=1,
-            accuracy_band=(0.9, 1.0)))
+        tiny_model.build_tiny_model(
+            tmp_path / "never",
+            seed=0,
+            config=tiny_model.TinyModelConfig(
+                train_steps=1,
+                batch_size=4,
+                n_test=4,
+                max_new_tokens=2,
+                tokenizer_corpus_size=100,
+                max_rounds=1,
+                accuracy_band=(0.9, 1.0),
+            ),
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no staging folder left behind
     (tmp_path / "user_folder").mkdir()
     (tmp_path / "user_folder" / "notes.txt").write_text("keep me")

@@ -79,8 +79,9 @@ def test_records_follow_the_verl_format_and_the_reward_grades_them(tmp_path):
 
 def test_missing_package_error_names_the_pip_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == smollm2.PACKAGE else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == smollm2.PACKAGE else real(name, *a)
+    )
     with pytest.raises(FileNotFoundError, match=re.escape(smollm2.PIP_INSTALL)):
         smollm2.find_gguf()
 
@@ -88,8 +89,9 @@ def test_missing_package_error_names_the_pip_command(monkeypatch):
 def test_package_without_weights_error_names_the_pip_command(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     empty = SimpleNamespace(submodule_search_locations=[str(tmp_path)])
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: empty if name == smollm2.PACKAGE else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: empty if name == smollm2.PACKAGE else real(name, *a)
+    )
     with pytest.raises(FileNotFoundError, match=re.escape(smollm2.PIP_INSTALL)):
         smollm2.find_gguf()
 

@@ -126,8 +126,9 @@ def test_capture_matches_reference_and_last_layer_is_the_model_logit(smollm2, ba
     # Layer L is the model's own output logit for the answer token.
     torch.testing.assert_close(features[:, -1], logits[torch.arange(n), pos, tokens], atol=1e-4, rtol=1e-5)
     # Every layer: the reference computed from hidden_states, and by hand norm(h_l) . W[t] / h_L . W[t].
-    reference = logit_lens_from_hidden_states(batch["hidden_states"], pos, tokens, model.lm_head.weight,
-                                              find_final_norm(model), layers, final_norm=True)
+    reference = logit_lens_from_hidden_states(
+        batch["hidden_states"], pos, tokens, model.lm_head.weight, find_final_norm(model), layers, final_norm=True
+    )
     torch.testing.assert_close(features, reference, atol=1e-4, rtol=1e-5)
     norm, weight = find_final_norm(model), model.lm_head.weight
     with torch.no_grad():
@@ -158,9 +159,15 @@ def test_lens_profile_agrees_with_the_capture_and_the_model_predicts_the_answer(
 
     model, _ = smollm2
     profile = lens_profile(model, batch["input_ids"], batch["pred_positions"], batch["answer_tokens"])
-    reference = logit_lens_from_hidden_states(batch["hidden_states"], batch["pred_positions"],
-                                              batch["answer_tokens"], model.lm_head.weight,
-                                              find_final_norm(model), list(range(1, 31)), final_norm=True)
+    reference = logit_lens_from_hidden_states(
+        batch["hidden_states"],
+        batch["pred_positions"],
+        batch["answer_tokens"],
+        model.lm_head.weight,
+        find_final_norm(model),
+        list(range(1, 31)),
+        final_norm=True,
+    )
     torch.testing.assert_close(profile.logits.T, reference, atol=1e-4, rtol=1e-5)
     assert (profile.ranks[-1] == 0).all(), profile.ranks[-1]
     # Measured (docs/smollm2.md): never top-1 in the lower half; top-1 for good from layer 24-26 on.

@@ -33,8 +33,9 @@ def positions(tokenizer, problem) -> dict[str, tuple[list[int], int, int]]:
     response_ids = tokenizer(worked_solution(problem), add_special_tokens=False).input_ids
     ids = prompt_ids + response_ids
     boxed = len(prompt_ids) + locate_answer_token(response_ids, tokenizer)
-    equals = len(prompt_ids) + next(i for i in range(len(response_ids))
-                                    if tokenizer.decode(response_ids[:i]).endswith("="))
+    equals = len(prompt_ids) + next(
+        i for i in range(len(response_ids)) if tokenizer.decode(response_ids[:i]).endswith("=")
+    )
     first = tokenizer(str(problem.answer)[0], add_special_tokens=False).input_ids[0]
     assert ids[boxed] == ids[equals] == first, (problem, ids[boxed], ids[equals], first)
     return {"boxed": (ids, boxed - 1, first), "equals": (ids, equals - 1, first)}
@@ -54,13 +55,16 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
     test = split_single_digit(n_test=40, seed=0)["test"]
     rng = random.Random(args.seed)
-    problems = (rng.sample([p for p in test if p.op == "+"], args.cases // 2)
-                + rng.sample([p for p in test if p.op == "*"], args.cases - args.cases // 2))
+    problems = rng.sample([p for p in test if p.op == "+"], args.cases // 2) + rng.sample(
+        [p for p in test if p.op == "*"], args.cases - args.cases // 2
+    )
     print(f"cases: {', '.join(f'{p.expression}={p.answer}' for p in problems)}; final_norm={not args.raw}")
     for place in ("boxed", "equals"):
         rows = [positions(tokenizer, p)[place] for p in problems]
-        profiles = [lens_profile(model, torch.tensor([ids]), torch.tensor([pos]), torch.tensor([tok]),
-                                 final_norm=not args.raw) for ids, pos, tok in rows]
+        profiles = [
+            lens_profile(model, torch.tensor([ids]), torch.tensor([pos]), torch.tensor([tok]), final_norm=not args.raw)
+            for ids, pos, tok in rows
+        ]
         ranks = torch.cat([p.ranks for p in profiles], dim=1)  # (L, N)
         logits = torch.cat([p.logits for p in profiles], dim=1)  # (L, N)
         stable = torch.cat([p.stable_top1_layer() for p in profiles])  # (N,)

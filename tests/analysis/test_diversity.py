@@ -42,8 +42,17 @@ def test_agreement_scores():
 
 
 def row(step, prompt, correct, answer=None, cluster=None, past=None, label=None, features=None, pattern=None):
-    return {"step": step, "prompt_id": prompt, "correct": correct, "answer": answer, "cluster": cluster,
-            "past_members": past, "label": label, "features": features, "pattern": pattern}
+    return {
+        "step": step,
+        "prompt_id": prompt,
+        "correct": correct,
+        "answer": answer,
+        "cluster": cluster,
+        "past_members": past,
+        "label": label,
+        "features": features,
+        "pattern": pattern,
+    }
 
 
 RECORDS = [
@@ -82,8 +91,9 @@ def test_step_metrics_on_known_records():
     assert second["largest_cluster_share"] == pytest.approx(1.0)
     assert second["novelty"] == pytest.approx(0.0)
     assert second["accuracy"] == pytest.approx(1 / 4)
-    assert second["eigen_ratio"] == pytest.approx(top1_eigen_ratio(np.array(
-        [[1.0, 0.1], [1.0, 0.2], [1.0, 0.3], [0.5, 0.5]])))
+    assert second["eigen_ratio"] == pytest.approx(
+        top1_eigen_ratio(np.array([[1.0, 0.1], [1.0, 0.2], [1.0, 0.3], [0.5, 0.5]]))
+    )
 
     wrong_only = step_metrics(RECORDS, subset="wrong")[0]["eigen_ratio"]
     assert wrong_only == pytest.approx(top1_eigen_ratio(np.array([[1.0, 0.0], [1.1, 0.0], [0.0, 1.0], [2.0, 2.0]])))
@@ -92,12 +102,21 @@ def test_step_metrics_on_known_records():
 
 
 def test_missing_information_gives_nan_not_errors():
-    bare = [{"step": 3, "prompt_id": 1, "correct": False, "answer": "1"},
-            {"step": 3, "prompt_id": 1, "correct": False, "answer": "2"}]
+    bare = [
+        {"step": 3, "prompt_id": 1, "correct": False, "answer": "1"},
+        {"step": 3, "prompt_id": 1, "correct": False, "answer": "2"},
+    ]
     (entry,) = step_metrics(bare)
     assert entry["distinct_answers"] == 2 and entry["largest_answer_share"] == pytest.approx(0.5)
-    for key in ("eigen_ratio", "novelty", "distinct_clusters", "largest_cluster_share", "ari", "nmi",
-                "distinct_patterns"):
+    for key in (
+        "eigen_ratio",
+        "novelty",
+        "distinct_clusters",
+        "largest_cluster_share",
+        "ari",
+        "nmi",
+        "distinct_patterns",
+    ):
         assert math.isnan(entry[key]), key
     with pytest.raises(ValueError, match="subset"):
         step_metrics(bare, subset="some")

@@ -61,10 +61,17 @@ class FakeChatServer:
 
 def records():
     question = "What is 2+3*4?"
-    rows = [("2+3=5, 5*4=20", False), ("2+12=14", True), ("3*4=12, 12+2=14... no, 15", False), ("17", False),
-            ("2+3=5", False)]
-    out = [{"step": 0, "prompt_id": "p", "correct": c, "answer": None, "question": question, "response": r}
-           for r, c in rows]
+    rows = [
+        ("2+3=5, 5*4=20", False),
+        ("2+12=14", True),
+        ("3*4=12, 12+2=14... no, 15", False),
+        ("17", False),
+        ("2+3=5", False),
+    ]
+    out = [
+        {"step": 0, "prompt_id": "p", "correct": c, "answer": None, "question": question, "response": r}
+        for r, c in rows
+    ]
     out.append({"step": 0, "prompt_id": "q", "correct": False, "answer": "1", "response": "no question field"})
     return out
 

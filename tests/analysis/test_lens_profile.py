@@ -14,9 +14,16 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-                         tie_word_embeddings=False)
+    config = Qwen2Config(
+        vocab_size=61,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        tie_word_embeddings=False,
+    )
     m = Qwen2ForCausalLM(config).eval()
     with torch.no_grad():
         find_final_norm(m).weight.uniform_(0.5, 2.0)
@@ -31,8 +38,10 @@ def test_profile_logits_are_the_capture_features_and_ranks_count_larger_logits(m
     tokens = ids[torch.arange(3), pos + 1]
     profile = lens_profile(model, ids, pos, tokens, final_norm=final_norm)
     assert profile.logits.shape == profile.ranks.shape == profile.top1.shape == (4, 3)
-    with torch.no_grad(), LogitLensCapture(model, [1, 2, 3, 4], final_norm, torch.arange(3) * 10 + pos,
-                                           tokens) as capture:
+    with (
+        torch.no_grad(),
+        LogitLensCapture(model, [1, 2, 3, 4], final_norm, torch.arange(3) * 10 + pos, tokens) as capture,
+    ):
         logits = model(ids).logits
     torch.testing.assert_close(profile.logits.T, capture.features, atol=1e-5, rtol=1e-5)
     last = logits[torch.arange(3), pos]  # (N, V)
@@ -42,12 +51,14 @@ def test_profile_logits_are_the_capture_features_and_ranks_count_larger_logits(m
 
 
 def test_first_and_stable_top1_layers():
-    ranks = torch.tensor([
-        [3, 0, 5, 0],
-        [0, 2, 1, 0],
-        [1, 0, 0, 0],
-        [0, 0, 0, 2],
-    ])  # (L=4, N=4)
+    ranks = torch.tensor(
+        [
+            [3, 0, 5, 0],
+            [0, 2, 1, 0],
+            [1, 0, 0, 0],
+            [0, 0, 0, 2],
+        ]
+    )  # (L=4, N=4)
     profile = LensProfile(logits=torch.zeros(4, 4), ranks=ranks, top1=torch.zeros(4, 4, dtype=torch.long))
     assert profile.first_top1_layer().tolist() == [2, 1, 3, 1]
     assert profile.stable_top1_layer().tolist() == [4, 3, 3, 0]

@@ -4,8 +4,8 @@ Both runs use the same seed and data, MEDS on DAPO, 4 prompts per step for 2 ste
 makes the rollouts greedy and so the same whatever replica or batch serves them (sampling at temperature 1 draws
 from one RNG stream per rollout replica, so 1 and 2 replicas would see different responses and there would be
 nothing to compare). Greedy answers of the warm-started model are mostly right, so `penalty_target=both` stores and
-penalises right answers too (otherwise the memory could stay empty). The trainer's per-rollout dump (`meds_dump`) records, for every (step, prompt, rollout), the
-response, its logit-lens features, |C| and the penalty.
+penalises right answers too (otherwise the memory could stay empty). The trainer's per-rollout dump (`meds_dump`)
+records, for every (step, prompt, rollout), the response, its logit-lens features, |C| and the penalty.
 
 What may differ: the features are computed by the actor workers during the log-prob recompute, and with 2 workers
 each response sits in another micro-batch (other padding width and batch shape), so float32 results may differ in
@@ -48,9 +48,7 @@ FEATURE_ATOL = 1e-4  # logit-lens values are O(1); float32 reduction-order diffe
 
 
 def _train(out, workers: int) -> tuple[dict, dict, float]:
-    run = RecipeRun(
-        "meds_dapo", out, tiny_assets(), [*COMMON, f"trainer.n_gpus_per_node={workers}"], num_gpus=workers
-    )
+    run = RecipeRun("meds_dapo", out, tiny_assets(), [*COMMON, f"trainer.n_gpus_per_node={workers}"], num_gpus=workers)
     started = time.monotonic()
     try:
         run.start()

@@ -57,7 +57,9 @@ def test_sigkill_mid_step_then_resume_restores_memory_bit_for_bit(tmp_path):
         run.start()
         _wait_for(
             lambda: memory_file.exists() and run.latest_checkpoint() == 1 and 1 in run.steps_logged(0),
-            run, 600, "the checkpoint of step 1",
+            run,
+            600,
+            "the checkpoint of step 1",
         )
         timings["first_attempt_to_step_1"] = time.monotonic() - started
         time.sleep(KILL_DELAY_SECONDS)

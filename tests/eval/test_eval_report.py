@@ -14,7 +14,8 @@ from verl_meds.eval.run import write_report
 def samples_for(benchmark: str, correct_counts: list[int], n: int) -> list[dict]:
     return [
         {"problem_id": f"{benchmark}/{p}", "sample_index": s, "correct": s < c}
-        for p, c in enumerate(correct_counts) for s in range(n)
+        for p, c in enumerate(correct_counts)
+        for s in range(n)
     ]
 
 
@@ -57,8 +58,9 @@ def test_table_layout_with_several_methods():
     meds = make_summary("MEDS", {"aime24": [1, 1], "math500": [2, 4]}, n=4)
     only_math = make_summary("Base", {"math500": [0, 4]}, n=4)
     markdown = format_table({"GRPO": grpo, "MEDS": meds, "Base": only_math}, fmt="markdown").splitlines()
-    assert markdown[0] == ("| Method | AIME24 pass@1 | AIME24 pass@4 | MATH500 pass@1 | MATH500 pass@4 | "
-                           "Avg. pass@1 | Avg. pass@4 |")
+    assert markdown[0] == (
+        "| Method | AIME24 pass@1 | AIME24 pass@4 | MATH500 pass@1 | MATH500 pass@4 | Avg. pass@1 | Avg. pass@4 |"
+    )
     assert markdown[1] == "|---|---:|---:|---:|---:|---:|---:|"
     assert markdown[2] == "| GRPO | 12.5 | 50.0 | 50.0 | **100.0** | 31.2 | 75.0 |"
     assert markdown[3] == "| MEDS | **25.0** | **100.0** | **75.0** | **100.0** | **50.0** | **100.0** |"
@@ -66,8 +68,9 @@ def test_table_layout_with_several_methods():
 
     latex = format_table({"GRPO": grpo, "MEDS_v2": meds}, k=2, fmt="latex", digits=2).splitlines()
     assert latex[0] == "\\begin{tabular}{lcccccc}"
-    assert latex[2] == ("Method & \\multicolumn{2}{c}{AIME24} & \\multicolumn{2}{c}{MATH500} & "
-                        "\\multicolumn{2}{c}{Avg.} \\\\")
+    assert latex[2] == (
+        "Method & \\multicolumn{2}{c}{AIME24} & \\multicolumn{2}{c}{MATH500} & \\multicolumn{2}{c}{Avg.} \\\\"
+    )
     assert latex[4] == " & pass@1 & pass@2 & pass@1 & pass@2 & pass@1 & pass@2 \\\\"
     assert latex[6].startswith("GRPO & 12.50 & 25.00 & ")
     assert latex[7].startswith("MEDS\\_v2 & \\textbf{25.00} & \\textbf{50.00} & ")
@@ -106,8 +109,16 @@ def test_importing_eval_and_analysis_leaves_heavy_packages_out():
     import sys
     from pathlib import Path
 
-    code = ("import sys, verl_meds.eval, verl_meds.analysis\n"
-            "print(','.join(m for m in ('verl', 'ray', 'matplotlib', 'transformers', 'vllm') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
-                            cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys, verl_meds.eval, verl_meds.analysis\n"
+        "print(','.join(m for m in ('verl', 'ray', 'matplotlib', 'transformers', 'vllm') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert result.stdout.strip() == ""

@@ -52,9 +52,15 @@ class ScriptedGenerator:
 
 
 def make_config(tmp_path: Path, out: str = "out", **overrides) -> EvalConfig:
-    values = {"model": "scripted", "benchmarks": {"math500": str(write_problems(tmp_path / "problems.jsonl"))},
-              "output_dir": str(tmp_path / out), "n_samples": 4, "batch_size": 3, "method": "Scripted",
-              "progress": False}
+    values = {
+        "model": "scripted",
+        "benchmarks": {"math500": str(write_problems(tmp_path / "problems.jsonl"))},
+        "output_dir": str(tmp_path / out),
+        "n_samples": 4,
+        "batch_size": 3,
+        "method": "Scripted",
+        "progress": False,
+    }
     values.update(overrides)
     return EvalConfig(**values)
 
@@ -66,8 +72,9 @@ def test_full_run_writes_every_output_with_exact_values(tmp_path):
 
     lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(lines) == 16
-    assert {(r["problem_id"], r["sample_index"]) for r in lines} == {(f"math500/{p}", s) for p in range(4)
-                                                                     for s in range(4)}
+    assert {(r["problem_id"], r["sample_index"]) for r in lines} == {
+        (f"math500/{p}", s) for p in range(4) for s in range(4)
+    }
     by_key = {(r["problem_id"], r["sample_index"]): r for r in lines}
     assert by_key[("math500/0", 0)]["answer"] is None and by_key[("math500/0", 0)]["correct"] is False
     assert by_key[("math500/0", 1)]["answer"] == "7" and by_key[("math500/0", 1)]["correct"] is False
@@ -162,11 +169,37 @@ def test_config_validation():
 @pytest.mark.skipif(not MATH500.is_file(), reason="shared MATH500 copy not present")
 def test_cli_end_to_end_on_math500_with_a_tiny_random_model(tiny_random_model_dir, tmp_path):
     out = tmp_path / "eval"
-    command = [sys.executable, "-m", "verl_meds.eval", "run", "--model", str(tiny_random_model_dir),
-               "--benchmark", f"math500={MATH500}", "--limit", "2", "--n", "3", "--max-new-tokens", "6",
-               "--out", str(out), "--threads", "1", "--no-progress", "--method", "random"]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    command = [
+        sys.executable,
+        "-m",
+        "verl_meds.eval",
+        "run",
+        "--model",
+        str(tiny_random_model_dir),
+        "--benchmark",
+        f"math500={MATH500}",
+        "--limit",
+        "2",
+        "--n",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--no-progress",
+        "--method",
+        "random",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| random | 0.0 | 0.0 | 0.0 | 0.0 |" in result.stdout
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -190,14 +223,18 @@ def test_hf_features_match_the_reference_logit_lens(tiny_random_model_dir):
     from verl_meds.features import find_final_norm, logit_lens_from_hidden_states
 
     torch.set_num_threads(1)
-    generator = HFGenerator(str(tiny_random_model_dir), max_new_tokens=12,
-                            feature_config=FeatureConfig(layers="all", final_norm=True))
+    generator = HFGenerator(
+        str(tiny_random_model_dir), max_new_tokens=12, feature_config=FeatureConfig(layers="all", final_norm=True)
+    )
     tok = generator.tokenizer
-    messages = [[{"role": "user", "content": "What is 3+4*5? Put the final answer in \\boxed{}."}],
-                [{"role": "user", "content": "What is 12+3? Put the final answer in \\boxed{}."}]]
+    messages = [
+        [{"role": "user", "content": "What is 3+4*5? Put the final answer in \\boxed{}."}],
+        [{"role": "user", "content": "What is 12+3? Put the final answer in \\boxed{}."}],
+    ]
     replies = ["4*5=20, 3+20=23. \\boxed{23}", "no idea"]
-    prompts = tok([render_prompt(tok, m) for m in messages], return_tensors="pt", padding=True,
-                  add_special_tokens=False)
+    prompts = tok(
+        [render_prompt(tok, m) for m in messages], return_tensors="pt", padding=True, add_special_tokens=False
+    )
     reply_ids = [tok.encode(text, add_special_tokens=False) + [tok.eos_token_id] for text in replies]
     width = max(len(ids) for ids in reply_ids)
     padded = [ids + [tok.pad_token_id] * (width - len(ids)) for ids in reply_ids]
@@ -210,18 +247,26 @@ def test_hf_features_match_the_reference_logit_lens(tiny_random_model_dir):
     assert completions[1].features is None and len(completions[0].features) == 2
 
     prompt_len = prompts["input_ids"].shape[1]
-    answer_at = prompt_len + reply_ids[0].index(tok.convert_tokens_to_ids("2"), reply_ids[0].index(
-        tok.convert_tokens_to_ids("\\boxed{")))
+    answer_at = prompt_len + reply_ids[0].index(
+        tok.convert_tokens_to_ids("2"), reply_ids[0].index(tok.convert_tokens_to_ids("\\boxed{"))
+    )
     row = scripted[:1, : prompt_len + len(reply_ids[0])]
     mask = torch.ones_like(row)
     mask[0, :prompt_len] = prompts["attention_mask"][0]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        hidden = generator.model(input_ids=row, attention_mask=mask, position_ids=positions,
-                                 output_hidden_states=True).hidden_states
-    expected = logit_lens_from_hidden_states(hidden, torch.tensor([answer_at - 1]), row[:, answer_at],
-                                             generator.model.lm_head.weight, find_final_norm(generator.model),
-                                             [1, 2], final_norm=True)
+        hidden = generator.model(
+            input_ids=row, attention_mask=mask, position_ids=positions, output_hidden_states=True
+        ).hidden_states
+    expected = logit_lens_from_hidden_states(
+        hidden,
+        torch.tensor([answer_at - 1]),
+        row[:, answer_at],
+        generator.model.lm_head.weight,
+        find_final_norm(generator.model),
+        [1, 2],
+        final_norm=True,
+    )
     np.testing.assert_allclose(completions[0].features, expected[0].numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -235,9 +280,16 @@ def test_trained_tiny_checkpoint_on_math500_and_the_synthetic_task(tmp_path):
 
     model_dir = build_tiny_model(REPO_ROOT / ".cache" / "tiny_cpu" / "model_seed0", seed=0)
     synthetic.write_synthetic(tmp_path / "synthetic", n_train=10, n_test=16, seed=0)
-    config = EvalConfig(model=str(model_dir), output_dir=str(tmp_path / "eval"), n_samples=8, max_new_tokens=48,
-                        limit=3, progress=False, save_features=True,
-                        benchmarks={"math500": str(MATH500), "synthetic": str(tmp_path / "synthetic/test.parquet")})
+    config = EvalConfig(
+        model=str(model_dir),
+        output_dir=str(tmp_path / "eval"),
+        n_samples=8,
+        max_new_tokens=48,
+        limit=3,
+        progress=False,
+        save_features=True,
+        benchmarks={"math500": str(MATH500), "synthetic": str(tmp_path / "synthetic/test.parquet")},
+    )
     summary = evaluate(config)
     assert summary["benchmarks"]["math500"]["num_samples"] == 24
     synthetic_entry = summary["benchmarks"]["synthetic"]
@@ -252,8 +304,9 @@ def test_console_script_and_recipe_are_wired():
     import ast
 
     tree = ast.parse((REPO_ROOT / "setup.py").read_text(encoding="utf-8"))
-    call = next(node for node in ast.walk(tree)
-                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup")
+    call = next(
+        node for node in ast.walk(tree) if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup"
+    )
     entry_points = ast.literal_eval(next(kw.value for kw in call.keywords if kw.arg == "entry_points"))
     assert entry_points["console_scripts"] == ["verl-meds-eval = verl_meds.eval.run:main"]
     assert entry_points["verl.plugins"] == ["meds = verl_meds.verl.autoload"]

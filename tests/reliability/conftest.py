@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 CI_EXAMPLES = 200
 SLOW_EXAMPLES = 10_000
 
-_COMMON = dict(
-    deadline=None,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-)
+_COMMON = {
+    "deadline": None,
+    "database": None,
+    "print_blob": True,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+}
 settings.register_profile("ci", max_examples=CI_EXAMPLES, **_COMMON)
 settings.register_profile("slow", max_examples=SLOW_EXAMPLES, **_COMMON)
 settings.register_profile("dev", max_examples=20, **_COMMON)

@@ -69,7 +69,7 @@ def _inline_token_scores(
 ) -> list[torch.Tensor]:
     """Copy of the write-back in `MEDSTrainer._compute_shaped_advantage` (verl_meds @f4c3407), kept verbatim."""
     shaped_scores = []
-    for score, old, new in zip(scores, rewards, shaped):
+    for score, old, new in zip(scores, rewards, shaped, strict=True):
         score = score.clone().float()
         if score.numel():
             score[-1] += new - old  # verl puts the outcome reward on the last response token
@@ -134,9 +134,7 @@ def driver_step(
 
     scores = outcome_scores(rewards, response_mask)
     row_rewards = torch.stack([s.sum() for s in scores]).float()  # (N,)
-    shaped, shaping_metrics = shape_rewards(
-        row_rewards, torch.as_tensor(correct), penalties, shaping.penalty_target
-    )
+    shaped, shaping_metrics = shape_rewards(row_rewards, torch.as_tensor(correct), penalties, shaping.penalty_target)
     metrics.update(shaping_metrics)
     token_scores = torch.zeros(response_mask.shape, dtype=torch.float32)  # (N, T)
     for n, score in enumerate(token_scores_fn()(scores, row_rewards, shaped)):

@@ -67,6 +67,7 @@ def run_slow(name: str, prop, **overrides) -> None:
     assert ran >= chosen.max_examples, f"{name}: only {ran} examples ran"
     print(f"{name}: {ran} examples")
 
+
 # ------------------------------------------------------------------------------------------------ strategies
 
 FRAGMENTS = [
@@ -555,8 +556,13 @@ def _features_property():
         layers = data.draw(st.sampled_from([[2], [1, 2]]))
         final_norm = data.draw(st.booleans())
         config = MEDSConfig.from_dict(
-            {"features": {"layers": layers, "diff": len(layers) == 2 and data.draw(st.booleans()),
-                          "final_norm": final_norm}}
+            {
+                "features": {
+                    "layers": layers,
+                    "diff": len(layers) == 2 and data.draw(st.booleans()),
+                    "final_norm": final_norm,
+                }
+            }
         )
         responses, mask = data.draw(masked_responses(tokenizer, width=24))
         mask = (torch.cumsum(1 - mask, dim=1) == 0).long() * mask  # verl's layout: real tokens first
@@ -567,8 +573,9 @@ def _features_property():
         input_ids = torch.full((n, width), tokenizer.pad_token_id, dtype=torch.long)  # (N, S) [prompt | response]
         attention = torch.zeros((n, width), dtype=torch.long)
         for r, plen in enumerate(prompt_lens):
-            input_ids[r, :plen] = torch.tensor(data.draw(st.lists(st.integers(0, vocab - 1), min_size=plen,
-                                                                   max_size=plen)))
+            input_ids[r, :plen] = torch.tensor(
+                data.draw(st.lists(st.integers(0, vocab - 1), min_size=plen, max_size=plen))
+            )
             input_ids[r, plen : plen + responses.shape[1]] = responses[r]
             attention[r, : plen + int(mask[r].sum())] = 1
         has_answer = answer_index >= 0
@@ -588,7 +595,12 @@ def _features_property():
                 out = model(input_ids=input_ids, attention_mask=attention, output_hidden_states=True)
                 hidden = [h[has_answer] for h in out.hidden_states]  # L + 1 tensors (n, S, D): rows with an answer
                 reference = logit_lens_from_hidden_states(
-                    hidden, pred_pos[has_answer], answer_tokens[has_answer], head, find_final_norm(model), layers,
+                    hidden,
+                    pred_pos[has_answer],
+                    answer_tokens[has_answer],
+                    head,
+                    find_final_norm(model),
+                    layers,
                     final_norm,
                 )
         finally:
@@ -602,8 +614,19 @@ def _features_property():
         prompts = [f"p{r % 2}" for r in range(n)]
         keys = [f"u{r % 2}_{r}_0" for r in range(n)]
         memory = ErrorMemory(config)
-        result = driver_step(memory, config, prompts, keys, [f"u{r % 2}" for r in range(n)], responses, mask,
-                             tokenizer, raw, rewards, correct)
+        result = driver_step(
+            memory,
+            config,
+            prompts,
+            keys,
+            [f"u{r % 2}" for r in range(n)],
+            responses,
+            mask,
+            tokenizer,
+            raw,
+            rewards,
+            correct,
+        )
         assert bool(torch.isfinite(result.advantages).all()) and bool(torch.isfinite(result.shaped).all())
         finite_rows = has_answer.numpy() & np.isfinite(result.features).all(axis=1)
         assert np.array_equal(result.valid, finite_rows)

@@ -30,8 +30,18 @@ def test_dump_writes_valid_records_in_order(tmp_path):
     assert [r["prompt_id"] for r in records] == ["b", "a", "a", "b"]
     assert records[0]["features"] is None and records[0]["answer"] is None  # row 2: no answer token
     assert records[1]["features"] == [0.0, 1.0] and records[1]["cluster_size"] == 1
-    dump.write_step(4, np.array([0]), ["a"], [0], np.array([True]), ["1"], feats[:1], np.array([True]),
-                    np.array([0]), np.array([0.0]))
+    dump.write_step(
+        4,
+        np.array([0]),
+        ["a"],
+        [0],
+        np.array([True]),
+        ["1"],
+        feats[:1],
+        np.array([True]),
+        np.array([0]),
+        np.array([0.0]),
+    )
     assert len(load_records(path)) == 5  # appended, not overwritten
 
 

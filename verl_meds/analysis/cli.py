@@ -59,7 +59,9 @@ def collect_runs(records_args: Sequence[str], eval_args: Sequence[str]) -> dict[
 def _has_data(step_records: dict[str, list[dict[str, Any]]], keys: Sequence[str]) -> bool:
     return any(
         isinstance(record.get(key), (int, float)) and not math.isnan(record[key])
-        for records in step_records.values() for record in records for key in keys
+        for records in step_records.values()
+        for record in records
+        for key in keys
     )
 
 
@@ -69,8 +71,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--records", action="append", default=[], metavar="NAME=PATH", help="training dump JSONL")
     parser.add_argument("--eval", action="append", default=[], metavar="NAME=STEP:DIR", help="evaluation folder")
-    parser.add_argument("--replay", choices=("auto", "always", "never"), default="auto",
-                        help="replay the memory to cluster records: when clusters are missing (auto), always, never")
+    parser.add_argument(
+        "--replay",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="replay the memory to cluster records: when clusters are missing (auto), always, never",
+    )
     parser.add_argument("--capacity", type=int, default=256, help="memory rows per prompt for the replay")
     parser.add_argument("--min-cluster-size", type=int, default=2, help="HDBSCAN min_cluster_size for the replay")
     parser.add_argument("--label", choices=sorted(LABELERS), default=None, help="derive given labels for ARI/NMI")

@@ -180,13 +180,18 @@ def step_metrics(
     for step in sorted(steps):
         rows = steps[step]
         wrong_rows = [r for r in rows if not r["correct"]]
-        entry: dict[str, float] = {"step": step, "num_rows": len(rows), "num_wrong": len(wrong_rows),
-                                   "accuracy": 1.0 - len(wrong_rows) / len(rows)}
+        entry: dict[str, float] = {
+            "step": step,
+            "num_rows": len(rows),
+            "num_wrong": len(wrong_rows),
+            "accuracy": 1.0 - len(wrong_rows) / len(rows),
+        }
         chosen = [r for r in rows if subset == "all" or (subset == "wrong") != bool(r["correct"])]
         vectors = [r["features"] for r in chosen if r.get("features")]
         widths = {len(v) for v in vectors}
-        entry["eigen_ratio"] = (top1_eigen_ratio(np.asarray(vectors, dtype=np.float64), l2_normalize)
-                                if len(widths) == 1 else NAN)
+        entry["eigen_ratio"] = (
+            top1_eigen_ratio(np.asarray(vectors, dtype=np.float64), l2_normalize) if len(widths) == 1 else NAN
+        )
         past = [r["past_members"] for r in wrong_rows if r.get("past_members") is not None]
         entry["novelty"] = _mean([float(p == 0) for p in past])
         groups: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
@@ -195,8 +200,16 @@ def step_metrics(
         kept = [g for g in groups.values() if len(g) >= min_wrong]
         entry["num_groups"] = len(kept)
         per_group = [_group_stats(g) for g in kept]
-        for name in ("distinct_clusters", "distinct_clusters_frac", "distinct_answers", "distinct_answers_frac",
-                     "distinct_patterns", "distinct_patterns_frac", "largest_cluster_share", "largest_answer_share"):
+        for name in (
+            "distinct_clusters",
+            "distinct_clusters_frac",
+            "distinct_answers",
+            "distinct_answers_frac",
+            "distinct_patterns",
+            "distinct_patterns_frac",
+            "largest_cluster_share",
+            "largest_answer_share",
+        ):
             entry[name] = _mean([stats[name] for stats in per_group if name in stats])
         entry["ari"], entry["nmi"] = _agreement(kept)
         out.append(entry)

@@ -143,8 +143,9 @@ class LLMJudge:
         key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.config.endpoint, data=json.dumps(payload).encode("utf-8"),
-                                         headers=headers, method="POST")
+        request = urllib.request.Request(
+            self.config.endpoint, data=json.dumps(payload).encode("utf-8"), headers=headers, method="POST"
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.config.timeout_seconds) as reply:
                 return json.loads(reply.read().decode("utf-8"))
@@ -165,10 +166,13 @@ class LLMJudge:
         if len(responses) > size:
             logger.warning("%d responses in one group: labels of different requests are not aligned", len(responses))
         for start in range(0, len(responses), size):
-            chunk = list(responses[start:start + size])
-            payload = {"model": self.config.model, "temperature": self.config.temperature,
-                       "max_tokens": self.config.max_tokens,
-                       "messages": build_messages(question, chunk, self.config.max_response_chars)}
+            chunk = list(responses[start : start + size])
+            payload = {
+                "model": self.config.model,
+                "temperature": self.config.temperature,
+                "max_tokens": self.config.max_tokens,
+                "messages": build_messages(question, chunk, self.config.max_response_chars),
+            }
             reply = self._post(payload)
             try:
                 content = reply["choices"][0]["message"]["content"]
@@ -178,8 +182,9 @@ class LLMJudge:
         return labels
 
 
-def judge_records(records: Sequence[Mapping[str, Any]], judge: LLMJudge, skip_errors: bool = False
-                  ) -> list[dict[str, Any]]:
+def judge_records(
+    records: Sequence[Mapping[str, Any]], judge: LLMJudge, skip_errors: bool = False
+) -> list[dict[str, Any]]:
     """
     Copies of the records with a `pattern` label on every wrong record that has `question` and `response`.
 

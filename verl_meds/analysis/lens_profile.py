@@ -89,8 +89,10 @@ def lens_profile(
     """
     n, s = input_ids.shape
     if pred_positions.shape != (n,) or target_tokens.shape != (n,):
-        raise ValueError(f"pred_positions {tuple(pred_positions.shape)} and target_tokens "
-                         f"{tuple(target_tokens.shape)} must have shape ({n},)")
+        raise ValueError(
+            f"pred_positions {tuple(pred_positions.shape)} and target_tokens "
+            f"{tuple(target_tokens.shape)} must have shape ({n},)"
+        )
     if n and (int(pred_positions.min()) < 0 or int(pred_positions.max()) >= s):
         raise ValueError(f"pred_positions must lie in [0, {s}), got {pred_positions.tolist()}")
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)

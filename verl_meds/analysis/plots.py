@@ -15,12 +15,16 @@ Runs = Mapping[str, StepRecords] | StepRecords
 
 PANELS: dict[str, list[tuple[str, str]]] = {
     "eigen_ratio": [("eigen_ratio", "top-1 eigen ratio λ1/Σλ")],
-    "diversity": [("distinct_clusters_frac", "distinct clusters / wrong"),
-                  ("distinct_answers_frac", "distinct answers / wrong")],
+    "diversity": [
+        ("distinct_clusters_frac", "distinct clusters / wrong"),
+        ("distinct_answers_frac", "distinct answers / wrong"),
+    ],
     "novelty": [("novelty", "novel wrong responses (fraction)")],
     "agreement": [("ari", "adjusted Rand index"), ("nmi", "normalised mutual information")],
-    "error_collapse": [("largest_cluster_share", "largest wrong-cluster share"),
-                       ("largest_answer_share", "largest wrong-answer share")],
+    "error_collapse": [
+        ("largest_cluster_share", "largest wrong-cluster share"),
+        ("largest_answer_share", "largest wrong-answer share"),
+    ],
     "patterns": [("distinct_patterns_frac", "distinct judged patterns / wrong")],
 }
 """Figure name -> panels (metric key, y-axis label)."""
@@ -44,8 +48,9 @@ def _value(record: Mapping[str, Any], key: str) -> float:
     return float("nan") if value is None else float(value)
 
 
-def plot_step_metrics(runs: Runs, panels: Sequence[tuple[str, str]], title: str | None = None,
-                      unit_interval: bool = True):
+def plot_step_metrics(
+    runs: Runs, panels: Sequence[tuple[str, str]], title: str | None = None, unit_interval: bool = True
+):
     """
     One panel per metric, x = training step, one line per run.
 

@@ -46,8 +46,17 @@ REQUIRED_FIELDS: tuple[str, ...] = ("step", "prompt_id", "correct")
 """Fields every record must have."""
 
 OPTIONAL_FIELDS: tuple[str, ...] = (
-    "answer", "features", "cluster", "past_members", "cluster_size", "penalty", "sample_index", "label", "pattern",
-    "question", "response",
+    "answer",
+    "features",
+    "cluster",
+    "past_members",
+    "cluster_size",
+    "penalty",
+    "sample_index",
+    "label",
+    "pattern",
+    "question",
+    "response",
 )
 """Fields a record may have (others are kept and ignored)."""
 
@@ -81,8 +90,8 @@ def validate_record(record: Any, where: str = "record") -> Record:
         raise ValueError(f"{where}: correct must be a bool, got {record['correct']!r}")
     features = record.get("features")
     if features is not None and (
-        not isinstance(features, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                  for v in features)
+        not isinstance(features, list)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in features)
     ):
         raise ValueError(f"{where}: features must be a list of numbers or null")
     return record
@@ -152,8 +161,11 @@ def records_from_eval(eval_dir: str | os.PathLike, step: int) -> list[Record]:
                 continue
             sample = json.loads(line)
             record: Record = {
-                "step": int(step), "prompt_id": sample["problem_id"], "correct": bool(sample["correct"]),
-                "answer": sample.get("answer"), "features": sample.get("features"),
+                "step": int(step),
+                "prompt_id": sample["problem_id"],
+                "correct": bool(sample["correct"]),
+                "answer": sample.get("answer"),
+                "features": sample.get("features"),
                 "sample_index": int(sample["sample_index"]),
             }
             if sample["problem_id"] in questions:
@@ -213,8 +225,9 @@ def assign_clusters(
             new = np.asarray([out[r]["features"] for r in rows], dtype=np.float64)  # (n, F)
             old = memory.get(prompt_id, np.empty((0, new.shape[1]), dtype=np.float64))  # (m, F)
             if old.shape[1] != new.shape[1]:
-                raise ValueError(f"prompt {prompt_id!r}: features of length {new.shape[1]} at step {step}, "
-                                 f"{old.shape[1]} before")
+                raise ValueError(
+                    f"prompt {prompt_id!r}: features of length {new.shape[1]} at step {step}, {old.shape[1]} before"
+                )
             results.update(zip(rows, _replay_prompt(old, new, cfg), strict=True))
             memory[prompt_id] = np.concatenate([old, new], axis=0)[-capacity:]
     for row, record in enumerate(out):

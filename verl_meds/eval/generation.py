@@ -134,8 +134,12 @@ class HFGenerator:
         torch.manual_seed(int(seeds[0]))
         with torch.no_grad():
             output = self.model.generate(
-                **encoded, **sampling, max_new_tokens=self.max_new_tokens, repetition_penalty=1.0,
-                eos_token_id=sorted(self.eos_token_ids), pad_token_id=self.tokenizer.pad_token_id,
+                **encoded,
+                **sampling,
+                max_new_tokens=self.max_new_tokens,
+                repetition_penalty=1.0,
+                eos_token_id=sorted(self.eos_token_ids),
+                pad_token_id=self.tokenizer.pad_token_id,
             )  # (B, P + T)
         prompt_len = encoded["input_ids"].shape[1]
         responses = output[:, prompt_len:].cpu()  # (B, T)
@@ -151,8 +155,9 @@ class HFGenerator:
             self._add_features(completions, output, encoded["attention_mask"], prompt_len, lengths)
         return completions
 
-    def _add_features(self, completions: list[Completion], output, prompt_mask, prompt_len: int,
-                      lengths: list[int]) -> None:
+    def _add_features(
+        self, completions: list[Completion], output, prompt_mask, prompt_len: int, lengths: list[int]
+    ) -> None:
         """Fill `Completion.features` by one forward pass per `feature_batch_size` rows (see `verl_meds.features`)."""
         import torch
 
@@ -167,8 +172,8 @@ class HFGenerator:
             mask[:, :prompt_len] = prompt_mask[rows]
             answer_rows, flat, tokens = [], [], []
             for b, r in enumerate(rows):
-                mask[b, prompt_len:prompt_len + lengths[r]] = 1
-                position = locate_answer_token(ids[b, prompt_len:prompt_len + lengths[r]].tolist(), self.tokenizer)
+                mask[b, prompt_len : prompt_len + lengths[r]] = 1
+                position = locate_answer_token(ids[b, prompt_len : prompt_len + lengths[r]].tolist(), self.tokenizer)
                 if position >= 0:
                     answer_rows.append(r)
                     flat.append(b * width + prompt_len + position - 1)  # the position predicting the answer token
@@ -176,8 +181,13 @@ class HFGenerator:
             if not answer_rows:
                 continue
             positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # (b, S): as generate numbers left-padded rows
-            capture = LogitLensCapture(self.model, layers, self.feature_config.final_norm,
-                                       torch.tensor(flat, dtype=torch.long), torch.tensor(tokens, dtype=torch.long))
+            capture = LogitLensCapture(
+                self.model,
+                layers,
+                self.feature_config.final_norm,
+                torch.tensor(flat, dtype=torch.long),
+                torch.tensor(tokens, dtype=torch.long),
+            )
             with torch.no_grad(), capture:
                 self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
             features = finalize_features(capture.features, self.feature_config.diff)  # (n, F)
@@ -200,16 +210,29 @@ class VLLMGenerator:
         gpu_memory_utilization (`float`, *optional*, defaults to `0.85`): vLLM memory share.
     """
 
-    def __init__(self, model_path: str, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                 dtype: str = "auto", seed: int = 0, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.85) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        dtype: str = "auto",
+        seed: int = 0,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+    ) -> None:
         from vllm import LLM
 
         self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
         self.top_p = float(top_p)
-        self.llm = LLM(model=model_path, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=gpu_memory_utilization)
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, messages: Sequence[Messages], seeds: Sequence[int]) -> list[Completion]:
@@ -218,16 +241,25 @@ class VLLMGenerator:
 
         prompts = [render_prompt(self.tokenizer, m) for m in messages]
         params = [
-            SamplingParams(n=1, temperature=self.temperature, top_p=self.top_p, top_k=-1,
-                           max_tokens=self.max_new_tokens, seed=int(seed))
+            SamplingParams(
+                n=1,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=-1,
+                max_tokens=self.max_new_tokens,
+                seed=int(seed),
+            )
             for seed in seeds
         ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         completions = []
         for request in outputs:
             sample = request.outputs[0]
-            completions.append(Completion(text=sample.text, num_tokens=len(sample.token_ids),
-                                          truncated=sample.finish_reason == "length"))
+            completions.append(
+                Completion(
+                    text=sample.text, num_tokens=len(sample.token_ids), truncated=sample.finish_reason == "length"
+                )
+            )
         return completions
 
 

@@ -130,8 +130,9 @@ def summarize(
         entry["pass@1"] = float(num_correct.sum() / num_samples.sum())
         entry.update({f"pass@{k}": float(curve[k - 1]) for k in ks if k > 1})
         entry["curve"] = [float(v) for v in curve]
-        entry["problems"] = {pid: [int(a), int(b)] for pid, a, b in zip(problem_ids, num_samples, num_correct,
-                                                                          strict=True)}
+        entry["problems"] = {
+            pid: [int(a), int(b)] for pid, a, b in zip(problem_ids, num_samples, num_correct, strict=True)
+        }
         per_benchmark[name] = entry
     average: dict[str, Any] = {"num_benchmarks": len(per_benchmark)}
     for k in ks:
@@ -277,13 +278,24 @@ def format_table(
 
 
 def _latex_escape(text: str) -> str:
-    replacements = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
-                    "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}"}
+    replacements = {
+        "\\": "\\textbackslash{}",
+        "&": "\\&",
+        "%": "\\%",
+        "$": "\\$",
+        "#": "\\#",
+        "_": "\\_",
+        "{": "\\{",
+        "}": "\\}",
+        "~": "\\textasciitilde{}",
+        "^": "\\textasciicircum{}",
+    }
     return "".join(replacements.get(char, char) for char in str(text))
 
 
-def plot_pass_at_k(summaries: Mapping[str, Mapping[str, Any]], benchmarks: Sequence[str] | None = None,
-                   include_average: bool = True):
+def plot_pass_at_k(
+    summaries: Mapping[str, Mapping[str, Any]], benchmarks: Sequence[str] | None = None, include_average: bool = True
+):
     """
     pass@k curves (k = 1..n on a log2 axis, pass@k in percent): one panel per benchmark (and the average), one line
     per method.
@@ -312,8 +324,14 @@ def plot_pass_at_k(summaries: Mapping[str, Mapping[str, Any]], benchmarks: Seque
             if entry is None:
                 continue
             curve = np.asarray(entry["curve"], dtype=float)  # (n,)
-            (line,) = ax.plot(np.arange(1, curve.size + 1), 100.0 * curve, color=f"C{position % 10}",
-                              marker="o" if curve.size <= 16 else None, markersize=3, label=method)
+            (line,) = ax.plot(
+                np.arange(1, curve.size + 1),
+                100.0 * curve,
+                color=f"C{position % 10}",
+                marker="o" if curve.size <= 16 else None,
+                markersize=3,
+                label=method,
+            )
             handles.setdefault(method, line)
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
@@ -322,9 +340,10 @@ def plot_pass_at_k(summaries: Mapping[str, Mapping[str, Any]], benchmarks: Seque
         ax.set_xlabel("k")
         ax.set_ylabel("pass@k (%)")
         ax.grid(True, which="both", alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     order = [method for method in summaries if method in handles]
-    figure.legend([handles[m] for m in order], order, loc="outside upper center", ncols=min(4, len(handles)),
-                  fontsize="small")
+    figure.legend(
+        [handles[m] for m in order], order, loc="outside upper center", ncols=min(4, len(handles)), fontsize="small"
+    )
     return figure

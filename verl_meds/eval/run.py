@@ -138,8 +138,9 @@ class EvalConfig:
         for name, optional in (("n_samples", False), ("max_new_tokens", False), ("limit", True), ("batch_size", True)):
             value = getattr(self, name)
             if not (optional and value is None) and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"EvalConfig.{name} must be an integer >= 1{' or None' if optional else ''}, "
-                                 f"got {value!r}.")
+                raise ValueError(
+                    f"EvalConfig.{name} must be an integer >= 1{' or None' if optional else ''}, got {value!r}."
+                )
         if self.temperature < 0:
             raise ValueError(f"EvalConfig.temperature must be >= 0, got {self.temperature!r}.")
         if not 0 < self.top_p <= 1:
@@ -159,8 +160,9 @@ def sample_seed(seed: int, problem_id: str, sample_index: int) -> int:
     return zlib.crc32(f"{seed}:{problem_id}:{sample_index}".encode()) & 0x7FFFFFFF
 
 
-def grade_sample(problem: EvalProblem, sample_index: int, completion: Completion, *, save_response: bool = True
-                 ) -> dict[str, Any]:
+def grade_sample(
+    problem: EvalProblem, sample_index: int, completion: Completion, *, save_response: bool = True
+) -> dict[str, Any]:
     """
     The `samples.jsonl` line of one completion: last `\\boxed{}` content, graded with math-verify.
 
@@ -210,13 +212,24 @@ def resolve_model(model: str, output_dir: str | os.PathLike) -> str:
     target = Path(output_dir) / "merged_model"
     if (target / "config.json").is_file():
         return str(target)
-    command = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir", str(actor),
-               "--target_dir", str(target)]
+    command = [
+        sys.executable,
+        "-m",
+        "verl.model_merger",
+        "merge",
+        "--backend",
+        "fsdp",
+        "--local_dir",
+        str(actor),
+        "--target_dir",
+        str(target),
+    ]
     logger.info("merging verl checkpoint %s: %s", actor, " ".join(command))
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0 or not (target / "config.json").is_file():
-        raise RuntimeError(f"verl model merge failed ({result.returncode}):\n{result.stdout[-2000:]}\n"
-                           f"{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"verl model merge failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
     return str(target)
 
 
@@ -224,16 +237,24 @@ def build_generator(config: EvalConfig, model_path: str) -> tuple[Generator, str
     """The generator for `config` (see `resolve_backend`) and the backend name."""
     backend = resolve_backend(config.backend, config.save_features)
     if backend == "vllm":
-        generator: Generator = VLLMGenerator(model_path, config.max_new_tokens, config.temperature, config.top_p,
-                                             seed=config.seed)
+        generator: Generator = VLLMGenerator(
+            model_path, config.max_new_tokens, config.temperature, config.top_p, seed=config.seed
+        )
         return generator, backend
     device = config.device
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    generator = HFGenerator(model_path, config.max_new_tokens, config.temperature, config.top_p, device=device,
-                            dtype=config.dtype, feature_config=config.feature_config if config.save_features else None)
+    generator = HFGenerator(
+        model_path,
+        config.max_new_tokens,
+        config.temperature,
+        config.top_p,
+        device=device,
+        dtype=config.dtype,
+        feature_config=config.feature_config if config.save_features else None,
+    )
     return generator, backend
 
 
@@ -243,16 +264,21 @@ def _check_resume(out: Path, run_config: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         return {}
     previous = json.loads(path.read_text(encoding="utf-8"))
-    changed = {key: (previous.get(key), run_config[key]) for key in RESUME_KEYS
-               if previous.get(key) != run_config[key]}
+    changed = {
+        key: (previous.get(key), run_config[key]) for key in RESUME_KEYS if previous.get(key) != run_config[key]
+    }
     if changed:
         listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
         raise ValueError(f"{out} holds samples of another setting ({listed}); use a new output folder")
     return previous
 
 
-def write_report(summaries: Mapping[str, Mapping[str, Any]], out_dir: str | os.PathLike, k: int | None = None,
-                 benchmarks: Sequence[str] | None = None) -> dict[str, Path]:
+def write_report(
+    summaries: Mapping[str, Mapping[str, Any]],
+    out_dir: str | os.PathLike,
+    k: int | None = None,
+    benchmarks: Sequence[str] | None = None,
+) -> dict[str, Path]:
     """
     Write `table.md`, `table.tex` and (when matplotlib is installed) `pass_at_k.png` for one or several methods.
 
@@ -292,8 +318,10 @@ def evaluate(config: EvalConfig, generator: Generator | None = None) -> dict[str
     """
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    problems = {name: load_problems(name, path, limit=config.limit, data_dir=config.data_dir)
-                for name, path in config.benchmarks.items()}
+    problems = {
+        name: load_problems(name, path, limit=config.limit, data_dir=config.data_dir)
+        for name, path in config.benchmarks.items()
+    }
     run_config = {key: value for key, value in asdict(config).items() if key != "feature_config"}
     run_config["feature_config"] = asdict(config.feature_config) if config.save_features else None
     previous = _check_resume(out, run_config)
@@ -301,14 +329,29 @@ def evaluate(config: EvalConfig, generator: Generator | None = None) -> dict[str
     write_json(out / RUN_CONFIG_FILE, run_config)
     with open(out / PROBLEMS_FILE, "w", encoding="utf-8") as f:
         for problem in (p for group in problems.values() for p in group):
-            f.write(json.dumps({"problem_id": problem.problem_id, "benchmark": problem.benchmark,
-                                "index": problem.index, "question": problem.question,
-                                "ground_truth": problem.ground_truth}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "problem_id": problem.problem_id,
+                        "benchmark": problem.benchmark,
+                        "index": problem.index,
+                        "question": problem.question,
+                        "ground_truth": problem.ground_truth,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
 
     store = SampleStore(out / SAMPLES_FILE)
     done = store.load()
-    work = [(problem, s) for group in problems.values() for problem in group for s in range(config.n_samples)
-            if (problem.problem_id, s) not in done]
+    work = [
+        (problem, s)
+        for group in problems.values()
+        for problem in group
+        for s in range(config.n_samples)
+        if (problem.problem_id, s) not in done
+    ]
     total = sum(len(group) for group in problems.values()) * config.n_samples
     if work:
         logger.info("%d of %d samples to draw (%d already in %s)", len(work), total, total - len(work), store.path)
@@ -316,38 +359,57 @@ def evaluate(config: EvalConfig, generator: Generator | None = None) -> dict[str
         if generator is None:
             generator, backend = build_generator(config, resolve_model(config.model, out))
         if run_config["resolved_backend"] not in (None, backend):
-            logger.warning("this folder mixes samples of the %s and %s backends", run_config["resolved_backend"],
-                           backend)
+            logger.warning(
+                "this folder mixes samples of the %s and %s backends", run_config["resolved_backend"], backend
+            )
         run_config["resolved_backend"] = backend
         write_json(out / RUN_CONFIG_FILE, run_config)
         batch_size = config.batch_size or (1024 if backend == "vllm" else 64)
         _draw(work, generator, store, config, batch_size, total)
 
     samples = store.load().values()
-    metadata = {"method": config.method, "model": config.model, "temperature": config.temperature,
-                "top_p": config.top_p, "max_new_tokens": config.max_new_tokens, "seed": config.seed,
-                "backend": run_config["resolved_backend"]}
-    summary = summarize(samples, {name: [p.problem_id for p in group] for name, group in problems.items()},
-                        config.n_samples, config.ks, metadata)
+    metadata = {
+        "method": config.method,
+        "model": config.model,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "max_new_tokens": config.max_new_tokens,
+        "seed": config.seed,
+        "backend": run_config["resolved_backend"],
+    }
+    summary = summarize(
+        samples,
+        {name: [p.problem_id for p in group] for name, group in problems.items()},
+        config.n_samples,
+        config.ks,
+        metadata,
+    )
     write_json(out / SUMMARY_FILE, summary)
     write_report({config.method: summary}, out)
     return summary
 
 
-def _draw(work: list[tuple[EvalProblem, int]], generator: Generator, store: SampleStore, config: EvalConfig,
-          batch_size: int, total: int) -> None:
+def _draw(
+    work: list[tuple[EvalProblem, int]],
+    generator: Generator,
+    store: SampleStore,
+    config: EvalConfig,
+    batch_size: int,
+    total: int,
+) -> None:
     from tqdm.auto import tqdm
 
-    with tqdm(total=total, initial=total - len(work), unit="sample", disable=not config.progress,
-              desc="eval") as bar:
+    with tqdm(total=total, initial=total - len(work), unit="sample", disable=not config.progress, desc="eval") as bar:
         for start in range(0, len(work), batch_size):
-            chunk = work[start:start + batch_size]
+            chunk = work[start : start + batch_size]
             seeds = [sample_seed(config.seed, problem.problem_id, s) for problem, s in chunk]
             completions = generator.generate([problem.messages for problem, _ in chunk], seeds)
             if len(completions) != len(chunk):
                 raise RuntimeError(f"generator returned {len(completions)} completions for {len(chunk)} prompts")
-            store.append(grade_sample(problem, s, completion, save_response=config.save_responses)
-                         for (problem, s), completion in zip(chunk, completions, strict=True))
+            store.append(
+                grade_sample(problem, s, completion, save_response=config.save_responses)
+                for (problem, s), completion in zip(chunk, completions, strict=True)
+            )
             bar.update(len(chunk))
 
 
@@ -366,8 +428,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="sample, grade and summarise one model")
     run.add_argument("--model", required=True, help="HF folder / hub id, or a verl FSDP checkpoint folder")
-    run.add_argument("--benchmark", action="append", required=True, metavar="NAME[=PATH]",
-                     help="benchmark, optionally with a parquet or raw JSONL file; repeat for several")
+    run.add_argument(
+        "--benchmark",
+        action="append",
+        required=True,
+        metavar="NAME[=PATH]",
+        help="benchmark, optionally with a parquet or raw JSONL file; repeat for several",
+    )
     run.add_argument("--out", required=True, help="output folder (resumed when it exists)")
     run.add_argument("--method", default=None, help="row name in tables (default: the model folder name)")
     run.add_argument("--n", type=int, default=128, help="samples per problem")
@@ -387,8 +454,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads)")
     run.add_argument("--no-progress", action="store_true")
     compare = commands.add_parser("compare", help="tables and curves of several summaries side by side")
-    compare.add_argument("--summary", action="append", required=True, metavar="NAME=PATH",
-                         help="method name and its summary.json; repeat in row order")
+    compare.add_argument(
+        "--summary",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="method name and its summary.json; repeat in row order",
+    )
     compare.add_argument("--out", required=True, help="folder for table.md, table.tex, pass_at_k.png")
     compare.add_argument("--k", type=int, default=None, help="k of the pass@k columns (default: smallest n)")
     compare.add_argument("--benchmarks", nargs="+", default=None, help="benchmark columns, in order")
@@ -411,18 +483,34 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     config = EvalConfig(
-        model=args.model, benchmarks=_named_paths(args.benchmark, "--benchmark"), output_dir=args.out,
-        method=args.method, limit=args.limit, data_dir=args.data_dir, n_samples=args.n,
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-        ks=args.k, backend=args.backend, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-        save_responses=not args.no_responses, save_features=args.save_features, progress=not args.no_progress,
+        model=args.model,
+        benchmarks=_named_paths(args.benchmark, "--benchmark"),
+        output_dir=args.out,
+        method=args.method,
+        limit=args.limit,
+        data_dir=args.data_dir,
+        n_samples=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        ks=args.k,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        save_responses=not args.no_responses,
+        save_features=args.save_features,
+        progress=not args.no_progress,
     )
     summary = evaluate(config)
     print((Path(args.out) / "table.md").read_text(encoding="utf-8"))  # noqa: T201 - CLI output
     n = summary["n"]
     for name, entry in summary["benchmarks"].items():
-        line = (f"{name}: pass@1 {100 * entry['pass@1']:.2f}%, pass@{n} {100 * entry[f'pass@{n}']:.2f}% "
-                f"over {entry['num_problems']} problems")
+        line = (
+            f"{name}: pass@1 {100 * entry['pass@1']:.2f}%, pass@{n} {100 * entry[f'pass@{n}']:.2f}% "
+            f"over {entry['num_problems']} problems"
+        )
         print(line)  # noqa: T201 - CLI output
     print(Path(args.out) / SUMMARY_FILE)  # noqa: T201 - CLI output
 

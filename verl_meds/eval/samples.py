@@ -31,7 +31,15 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 SAMPLE_FIELDS: tuple[str, ...] = (
-    "benchmark", "problem_id", "index", "sample_index", "answer", "correct", "num_tokens", "truncated", "response",
+    "benchmark",
+    "problem_id",
+    "index",
+    "sample_index",
+    "answer",
+    "correct",
+    "num_tokens",
+    "truncated",
+    "response",
     "features",
 )
 """Fields of a sample line, in order (`response` and `features` are optional)."""
@@ -112,8 +120,9 @@ class SampleStore:
                     break
                 position = start
             f.truncate(keep)
-        logger.warning("%s: cut an incomplete last line (%d bytes); its samples will be drawn again", self.path,
-                       size - keep)
+        logger.warning(
+            "%s: cut an incomplete last line (%d bytes); its samples will be drawn again", self.path, size - keep
+        )
 
     def append(self, records: Iterable[dict[str, Any]]) -> int:
         """
