@@ -78,8 +78,11 @@ def memory_record(path: Path) -> dict:
 
 
 def test_meds_trains_penalises_checkpoints_and_resumes_exactly(ray_cluster, assets, tmp_path):
-    """MEDS on a batch built to repeat errors: every prompt of a step is the same problem, so its wrong responses
-    repeat within the step and across steps. Dynamic sampling is off so an all-wrong group is still trained on."""
+    """MEDS on a batch built to repeat answers: every prompt of a step is the same problem, so its responses repeat
+    within the step and across steps. The warm-started tiny model answers it mostly right and its few wrong answers
+    differ (8, 16, 35, 12 in a measured run), which the absolute clustering scale rightly leaves as noise; so both
+    outcomes are tracked (`penalty_target=both`) and the repeated right answers are what is clustered and penalised.
+    Dynamic sampling is off so an all-wrong group is still trained on."""
     from verl_meds.verl.checkpoint import read_memory_state
 
     out = tmp_path / "meds"
@@ -92,6 +95,7 @@ def test_meds_trains_penalises_checkpoints_and_resumes_exactly(ray_cluster, asse
         "algorithm.filter_groups.enable=false",
         "trainer.save_freq=1",
         "meds_dump.enable=true",
+        "meds.shaping.penalty_target=both",
     ]
     steps = train("meds_dapo", out, assets, steps=2, extra=one_problem)
     assert sorted(steps) == [1, 2]
@@ -108,7 +112,7 @@ def test_meds_trains_penalises_checkpoints_and_resumes_exactly(ray_cluster, asse
             assert name in keys, f"{name} not logged at step {step}"
         assert 0.0 <= keys["meds/groups/flat_frac"] <= 1.0 and keys["meds/groups/singleton_frac"] == 0.0
     assert steps[1]["meds/features/missing_frac"] < 1.0, "no feature was captured"
-    # Step 2 sees the wrong answers of step 1 for the same prompt: repeated errors are penalised.
+    # Step 2 sees the answers of step 1 for the same prompt: repeated answers are penalised.
     assert max(steps[s]["meds/penalty/max"] for s in (1, 2)) > 0.0
     assert steps[2]["meds/memory/num_entries"] >= steps[1]["meds/memory/num_entries"] > 0
 
