@@ -113,3 +113,11 @@ def test_grading_works_off_the_main_thread():
         accs = list(pool.map(grade, jobs))
     assert threading.main_thread().name not in names
     assert accs == [float(correct) for _, _, correct in jobs]
+
+
+@pytest.mark.parametrize("ground_truth", [None, float("nan"), True, {"a": 1}])
+def test_unusable_ground_truth_is_graded_wrong_and_flagged(ground_truth):
+    result = compute_score("x", "\\boxed{1}", ground_truth)
+    assert result["acc"] == 0.0 and result["score"] == -1.0 and result["grading_error"] == 1.0
+    with pytest.raises(ValueError, match="ground_truth must be"):
+        is_correct("1", ground_truth)

@@ -7,7 +7,8 @@ Point verl at these functions with ``reward.custom_reward_function.path=<this fi
 
 Both also return ``acc`` (1.0 / 0.0, what verl's dynamic sampling filters on and what MEDS reads as correctness),
 ``pred`` (the extracted answer, "" when there is none) and ``grading_timeout`` / ``grading_error`` (1.0 when the
-grading hit its time bound or failed: the response is then graded wrong; the trainer logs their means as
+grading hit its time bound or failed, or the ground truth is no answer (``None``, NaN): the response is then graded
+wrong; the trainer logs their means as
 ``reward/grading_timeout_frac`` and ``reward/grading_error_frac``). The overlong buffer of DAPO is verl's own
 (``reward.reward_manager.name=dapo`` with ``reward.reward_kwargs.overlong_buffer_cfg``), added on top of ``score``.
 
@@ -20,10 +21,13 @@ calls it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from verl_meds.answer import extract_boxed
 from verl_meds.grading import ERROR, TIMEOUT, Grade, grade
+
+logger = logging.getLogger(__name__)
 
 
 def is_correct(pred: str, ground_truth: Any, timeout_seconds: float | None = None) -> bool:
@@ -48,7 +52,11 @@ def _grade(solution_str: str, ground_truth: Any, timeout_seconds: float | None) 
     pred = extract_boxed(solution_str or "")
     if pred is None:
         return Grade(False, "ok", 0.0), ""
-    return grade(pred, ground_truth, timeout_seconds), pred
+    try:
+        return grade(pred, ground_truth, timeout_seconds), pred
+    except ValueError as exc:  # a gold answer that is no answer (None, NaN, a bool): a data fault, not a crash mid-run
+        logger.warning("graded wrong, the ground truth is unusable: %s", exc)
+        return Grade(False, ERROR, 0.0), pred
 
 
 def _result(score: float, verdict: Grade, pred: str) -> dict:
