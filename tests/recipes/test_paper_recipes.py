@@ -104,6 +104,7 @@ def test_recipe_composes_and_validates(setup, method, monkeypatch):
         assert config.actor_rollout_ref.actor.optim.lr == pytest.approx(1e-6)
         assert config.reward.reward_kwargs.overlong_buffer_cfg.len == 512
         assert config.trainer.default_local_dir.endswith(f"{config.trainer.project_name}/{method}")
+        assert Path(config.trainer.default_local_dir).is_absolute()  # the same path on every node
 
 
 def test_unknown_meds_key_is_rejected():
