@@ -33,7 +33,10 @@ setup(
         ],
         "plots": ["matplotlib"],
         "test": ["pytest", "hypothesis"],
-        "vllm": ["vllm"],
+        # The vLLM that verl 0.9.1's own [vllm] extra installs (0.24.0, with torch 2.11.0; recipes/README.md,
+        # "Multi-node"). verl's code accepts vLLM >= 0.18, but 0.18 and 0.19 need transformers < 5, which verl
+        # 0.9.1 does not take; releases after 0.24 are untested with it.
+        "vllm": ["vllm>=0.24.0,<0.25"],
     },
     entry_points={
         "verl.plugins": ["meds = verl_meds.verl.autoload"],
