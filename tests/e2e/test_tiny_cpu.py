@@ -12,64 +12,25 @@ import pickle
 from pathlib import Path
 
 import pytest
+import verl_inprocess
+from verl_inprocess import ROOT, train
+from verl_subprocess import tiny_assets
 
 pytestmark = pytest.mark.requires_verl
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = ROOT / "recipes" / "meds" / "config"
 GSM8K_TRAIN = Path(os.environ.get("VERL_MEDS_SHARED", ROOT.parent / "shared")) / "data" / "gsm8k" / "train.jsonl"
 
 
 @pytest.fixture(scope="module")
 def assets() -> dict[str, Path]:
     """Synthetic task and tiny warm-started model, cached where the quick-start recipe caches them."""
-    from data_prep.assets import tiny_cpu_assets
-
-    return tiny_cpu_assets()
+    return tiny_assets()
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    import ray
-
-    from verl_meds.verl import cpu
-
-    env = cpu.enable_cpu_mode()
-    if not ray.is_initialized():
-        ray.init(num_cpus=16, num_gpus=1, runtime_env={"env_vars": env}, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-def compose(method: str, overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return hydra_compose("paper", overrides=["setup=tiny_cpu", f"method={method}", *overrides])
-
-
-def train(method: str, out: Path, assets: dict[str, Path], steps: int, extra: list[str] = (), attempt: int = 0):
-    """One verl run of ``method`` on the tiny CPU setup; returns the per-step metrics it logged."""
-    from verl_meds.verl.main import run
-    from verl_meds.verl.summary import read_metrics
-
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ["VERL_FILE_LOGGER_PATH"] = str(out / f"metrics.{attempt}.jsonl")
-    overrides = [
-        f"data.train_files={assets['train']}",
-        f"data.val_files={assets['val']}",
-        f"actor_rollout_ref.model.path={assets['model']}",
-        f"trainer.default_local_dir={out / 'checkpoints'}",
-        f"trainer.total_training_steps={steps}",
-        "trainer.val_before_train=false",
-        "trainer.test_freq=-1",
-        *extra,
-    ]
-    run(compose(method, overrides))
-    return read_metrics(str(out))
+    with verl_inprocess.ray_cluster(gpus_per_node=[1]):
+        yield
 
 
 def memory_record(path: Path) -> dict:

@@ -1,7 +1,7 @@
 """Run the tiny CPU recipe as a separate process with its own Ray cluster, and clean that cluster up afterwards.
 
-Used by the e2e tests that must kill a run (`test_resume_sigkill.py`) or that change the number of Ray GPUs
-(`test_dp_workers.py`), which the in-process cluster of `test_tiny_cpu.py` cannot do.
+Used by the e2e tests that must kill a run (`test_resume_sigkill.py`), which a run inside the test process
+(`verl_inprocess.py`) cannot survive.
 
 Isolation: the run starts in its own session (process group), with `ray.init(address="local", _temp_dir=<short
 private folder>)`, so it never joins another test's cluster, and with the environment variable `RUN_MARKER_ENV` set
