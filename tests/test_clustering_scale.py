@@ -64,6 +64,23 @@ def test_orthogonal_rows_are_noise_and_two_far_rows_are_not_a_pair():
     assert cluster_sizes_for_new(np.eye(3)[:2], np.eye(3)[2:], DEFAULT)[0].tolist() == [0]
 
 
+def _on_circle(angles: list[float]) -> np.ndarray:
+    """Unit rows at these angles (radians): at small angles the distance between two rows is their angle gap."""
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (M, 2)
+
+
+def test_default_scale_keeps_smollm2_sized_repeats():
+    """SmolLM2-135M's repeats of one answer lie 0.01-0.02 apart on the unit sphere (docs/clustering.md), ten times
+    the tiny model's: at the default scale they stay one cluster, and a row 0.05 from all of them (the typical
+    nearest different answer there) stays noise. The tiny model's own value, 0.005, makes them all noise."""
+    X = _on_circle([0.0, 0.012, 0.024, 0.036, 0.086])
+    assert fit_labels(X, DEFAULT).tolist() == [0, 0, 0, 0, NOISE]
+    assert cluster_sizes_for_new(X[:2], X[2:], DEFAULT)[0].tolist() == [3, 3, 0]
+    assert ClusterConfig().max_distance == 0.02 and ClusterConfig().merge_distance == 0.001
+    tiny = ClusterConfig(max_distance=0.005)
+    assert fit_labels(X, tiny).tolist() == [NOISE] * 5
+
+
 def test_identical_errors_still_cluster():
     X = np.array([[1.0, 0.0]] * 3 + [[0.0, 1.0]])
     assert fit_labels(X, DEFAULT).tolist() == [0, 0, 0, NOISE]
