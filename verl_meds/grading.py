@@ -121,6 +121,7 @@ _COMMAND = re.compile(r"\\([A-Za-z]+)")
 _MATRIX_ENVIRONMENT = re.compile(r"\\(?:begin|end)\{[pb]?matrix\}")
 _MALFORMED_NUMBER = re.compile(r"\d*\.\d+\.\d|\d\.\.\d")
 _E_NOTATION = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+_MAX_E_EXPONENT = 400  # e-notation numbers up to this exponent are written out (longer ones stay text)
 _COMPACT = re.compile(r"(\s+|\\!|\\,|\\;|\\:|\\quad|\\qquad|\\left|\\right|\$)")
 _SPACING = re.compile(r"(\\!|\\,|\\;|\\:|\$)")
 
@@ -145,9 +146,12 @@ def canonical_latex(text: str) -> str:
     Returns:
         `str`: the text stripped, without `$`, LaTeX thin spaces (`\,` `\!` `\;` `\:`) and a trailing `.`, with the
         synonyms of the module docstring replaced, `√x` written `\sqrt{x}` and repeating decimals
-        (`-1.2\overline{34}`) written as exact fractions; everything else unchanged.
+        (`-1.2\overline{34}`) written as exact fractions; a text that is one number in e-notation (`4.5e33`, exponent
+        up to 400) is written out positionally; everything else unchanged.
     """
     text = _SPACING.sub(" ", text).strip().rstrip(".").strip()
+    if _E_NOTATION.fullmatch(text) and abs(Decimal(text).adjusted()) <= _MAX_E_EXPONENT:
+        return _positional(Decimal(text))  # `4.5e33` is one number, not 4.5 times Euler's e to the 33
     for pattern, replacement in _SYNONYMS:
         text = pattern.sub(replacement, text)
     text = _UNICODE_SQRT.sub(lambda m: r"\sqrt{" + m.group(1).strip("{}()") + "}", text)
@@ -197,7 +201,7 @@ def gold_text(ground_truth: Any) -> str:
         raise ValueError(f"ground_truth must be a number or a string, got the bool {ground_truth!r}.")
     if isinstance(ground_truth, str):
         text = ground_truth.strip()
-        if _E_NOTATION.fullmatch(text):
+        if _E_NOTATION.fullmatch(text) and abs(Decimal(text).adjusted()) <= _MAX_E_EXPONENT:
             return _positional(Decimal(text))
         return text
     if isinstance(ground_truth, Fraction):
