@@ -123,3 +123,34 @@ def test_counts_file_round_trips_exactly_and_is_not_a_memory(tmp_path):
         read_state(path)
     with pytest.raises(ValueError, match="fmt must be one of"):
         save_state(counts, path, 2, "pickle")
+
+
+class _NoDecode:
+    def decode(self, token_ids):
+        raise AssertionError("the keys were in the reward info; nothing should be decoded")
+
+
+def test_keys_from_the_reward_info_skip_decoding():
+    from verl_meds.verl.explore import batch_answer_keys, keys_from_reward_info
+
+    infos = [
+        {"reward_extra_info": {"answer_key": "sym:1/2", "answer_key_timeout": 0.0, "answer_key_error": 0.0}},
+        {"reward_extra_info": {"answer_key": "", "answer_key_timeout": 1.0, "answer_key_error": 0.0}},
+        {"reward_extra_info": {"answer_key": "sym:3", "answer_key_timeout": 0.0, "answer_key_error": 0.0}},
+    ]
+    responses, mask = torch.zeros(3, 4, dtype=torch.long), torch.ones(3, 4)
+    keys, metrics = batch_answer_keys(_NoDecode(), responses, mask, infos)
+    assert keys == ["sym:1/2", None, "sym:3"]
+    assert metrics == {"answer_key/timeouts": 1.0, "answer_key/errors": 0.0}
+    # A row without a key (another reward function): the keys are computed from the decoded responses instead.
+    assert keys_from_reward_info([*infos[:2], {"reward_extra_info": {"acc": 1.0}}]) is None
+    assert keys_from_reward_info(None) is None and keys_from_reward_info([]) is None
+
+
+def test_keys_fall_back_to_decoding_without_reward_keys():
+    from verl_meds.verl.explore import batch_answer_keys
+
+    texts = [r"ab\boxed{1/2}", r"cd\boxed{0.5}", "none"]
+    responses, mask = _batch(texts)
+    keys, _ = batch_answer_keys(CharTokenizer(), responses, mask, [{"reward_extra_info": {"acc": 0.0}}] * 3)
+    assert keys == ["sym:1/2", "sym:1/2", None]

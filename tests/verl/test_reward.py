@@ -121,3 +121,17 @@ def test_unusable_ground_truth_is_graded_wrong_and_flagged(ground_truth):
     assert result["acc"] == 0.0 and result["score"] == -1.0 and result["grading_error"] == 1.0
     with pytest.raises(ValueError, match="ground_truth must be"):
         is_correct("1", ground_truth)
+
+
+def test_answer_keys_in_the_reward_info(monkeypatch):
+    from verl_meds.answer import answer_key
+
+    for completion in ("so \\boxed{0.5}", "hence \\boxed{\\frac{1}{2}}", "\\boxed{x+1}", "no box"):
+        result = compute_score_acc("x", completion, "1/2", answer_keys=True)
+        pred = result["pred"]
+        assert result["answer_key"] == (answer_key(pred) if pred else "")
+        assert result["answer_key_timeout"] == 0.0 and result["answer_key_error"] == 0.0
+    assert "answer_key" not in compute_score("x", "\\boxed{1}", "1")  # off unless asked
+    monkeypatch.setenv("VERL_MEDS_GRADING_TIMEOUT", "1.0")
+    hung = compute_score("x", "\\boxed{10^{10^{10}}}", "3", answer_keys=True)
+    assert hung["answer_key"] == "" and hung["answer_key_timeout"] == 1.0 and hung["acc"] == 0.0

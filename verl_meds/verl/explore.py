@@ -51,6 +51,52 @@ def response_answer_keys(texts: list[str]) -> tuple[list[str | None], dict[str, 
     return keys, metrics
 
 
+def keys_from_reward_info(extra_fields: list | None) -> tuple[list[str | None], dict[str, float]] | None:
+    """Answer keys that ``verl_meds.verl.reward`` computed in the reward workers (``answer_keys=True``), or `None`
+    when any response's reward info lacks one (another reward function, or the option off).
+
+    Args:
+        extra_fields (`list` of length N, *optional*): verl's per-response ``extra_fields``.
+
+    Returns:
+        `tuple` or `None`: the N keys (`None` for no answer) and the ``answer_key/*`` metrics, as
+        [`response_answer_keys`] gives them.
+    """
+    if not extra_fields:
+        return None
+    infos = [f.get("reward_extra_info", {}) if isinstance(f, dict) else {} for f in extra_fields]
+    if not all(isinstance(info.get("answer_key"), str) for info in infos):
+        return None
+    keys = [info["answer_key"] or None for info in infos]
+    metrics = {
+        ANSWER_KEY_TIMEOUTS: float(sum(float(info.get("answer_key_timeout", 0.0)) for info in infos)),
+        ANSWER_KEY_ERRORS: float(sum(float(info.get("answer_key_error", 0.0)) for info in infos)),
+    }
+    return keys, metrics
+
+
+def batch_answer_keys(
+    tokenizer: TokenizerLike, responses: torch.Tensor, response_mask: torch.Tensor, extra_fields: list | None
+) -> tuple[list[str | None], dict[str, float]]:
+    """Answer key of each response: from the reward info when every row has one ([`keys_from_reward_info`]), else
+    computed here from the decoded responses ([`response_answer_keys`]).
+
+    Args:
+        tokenizer (`TokenizerLike`): decodes response ids.
+        responses (`torch.Tensor` of shape `(N, T)`, int): response ids, padded.
+        response_mask (`torch.Tensor` of shape `(N, T)`): 1 on response tokens.
+        extra_fields (`list` of length N, *optional*): verl's per-response ``extra_fields``.
+
+    Returns:
+        `tuple`: the N keys (`None` for no answer) and the ``answer_key/*`` metrics.
+    """
+    found = keys_from_reward_info(extra_fields)
+    if found is not None:
+        return found
+    texts = [tokenizer.decode(row[mask.bool()].tolist()) for row, mask in zip(responses, response_mask, strict=True)]
+    return response_answer_keys(texts)
+
+
 def explore_advantages(
     config: ExplorationConfig,
     counts: AnswerCounts,
@@ -61,6 +107,7 @@ def explore_advantages(
     response_mask: torch.Tensor,
     advantages: torch.Tensor,
     correct,
+    extra_fields: list | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Advantages with the exploration term added, and the ``explore/*`` metrics; updates ``counts``.
 
@@ -74,12 +121,13 @@ def explore_advantages(
         response_mask (`torch.Tensor` of shape `(N, T)`): 1 on response tokens.
         advantages (`torch.Tensor` of shape `(N, T)`, float): verl's advantages.
         correct (`np.ndarray` of shape `(N,)`, bool): whether each response was graded correct.
+        extra_fields (`list` of length N, *optional*): verl's per-response ``extra_fields``; answer keys computed by
+            the reward function are taken from there ([`batch_answer_keys`]).
 
     Returns:
         `tuple`: advantages `(N, T)` (dtype of ``advantages``) and metrics.
     """
-    texts = [tokenizer.decode(row[mask.bool()].tolist()) for row, mask in zip(responses, response_mask, strict=True)]
-    found, key_metrics = response_answer_keys(texts)
+    found, key_metrics = batch_answer_keys(tokenizer, responses, response_mask, extra_fields)
     keys = [key if key is not None else NO_ANSWER for key in found]
     bonus, metrics = exploration_bonus(config, counts, prompt_ids, keys, group_ids, correct)  # (N,)
     metrics.update(key_metrics)

@@ -17,6 +17,11 @@ Grading is :func:`verl_meds.grading.grade`: math-verify's ``verify`` (gold first
 processes so that every response is graded within ``timeout_seconds`` (default 5 s; pass it through
 ``reward.custom_reward_function.reward_kwargs`` or set ``VERL_MEDS_GRADING_TIMEOUT``) from whatever thread verl
 calls it.
+
+With ``answer_keys=True`` (``reward.custom_reward_function.reward_kwargs.answer_keys``, set by the answer-keyed
+recipes) the result also carries ``answer_key`` (``verl_meds.grading.answer_keys`` of ``pred``, "" for none) and its
+``answer_key_timeout`` / ``answer_key_error`` flags: the keys are then computed in verl's reward workers, in parallel,
+and the trainer reads them instead of decoding and keying every response in the driver.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 from verl_meds.answer import extract_boxed
 from verl_meds.grading import ERROR, TIMEOUT, Grade, grade
+from verl_meds.grading import answer_keys as _answer_keys
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +65,20 @@ def _grade(solution_str: str, ground_truth: Any, timeout_seconds: float | None) 
         return Grade(False, ERROR, 0.0), pred
 
 
-def _result(score: float, verdict: Grade, pred: str) -> dict:
-    return {
+def _result(score: float, verdict: Grade, pred: str, with_key: bool, timeout_seconds: float | None) -> dict:
+    result = {
         "score": score,
         "acc": float(verdict.correct),
         "pred": pred,
         "grading_timeout": float(verdict.status == TIMEOUT),
         "grading_error": float(verdict.status == ERROR),
     }
+    if with_key:
+        keys, statuses = _answer_keys([pred or None], timeout_seconds)
+        result["answer_key"] = keys[0] or ""
+        result["answer_key_timeout"] = float(statuses[0] == TIMEOUT)
+        result["answer_key_error"] = float(statuses[0] == ERROR)
+    return result
 
 
 def compute_score(
@@ -75,11 +87,12 @@ def compute_score(
     ground_truth: Any,
     extra_info: Any = None,
     timeout_seconds: float | None = None,
+    answer_keys: bool = False,
     **kwargs,
 ) -> dict:
     """DAPO-style score (verl reward-function signature): ``score`` +1 or -1, ``acc``, ``pred``, grading flags."""
     verdict, pred = _grade(solution_str, ground_truth, timeout_seconds)
-    return _result(1.0 if verdict.correct else -1.0, verdict, pred)
+    return _result(1.0 if verdict.correct else -1.0, verdict, pred, answer_keys, timeout_seconds)
 
 
 def compute_score_acc(
@@ -88,8 +101,9 @@ def compute_score_acc(
     ground_truth: Any,
     extra_info: Any = None,
     timeout_seconds: float | None = None,
+    answer_keys: bool = False,
     **kwargs,
 ) -> dict:
     """Accuracy score (verl reward-function signature): ``score`` 1 or 0, ``acc``, ``pred``, grading flags."""
     verdict, pred = _grade(solution_str, ground_truth, timeout_seconds)
-    return _result(float(verdict.correct), verdict, pred)
+    return _result(float(verdict.correct), verdict, pred, answer_keys, timeout_seconds)

@@ -58,7 +58,7 @@ from verl_meds.verl.checkpoint import (
 )
 from verl_meds.verl.dump import AnalysisDump, DumpConfig
 from verl_meds.verl.entropy_adv import EntropyAdvantageConfig, entropy_advantage
-from verl_meds.verl.explore import exploration_config_from_trainer_config, explore_advantages, response_answer_keys
+from verl_meds.verl.explore import batch_answer_keys, exploration_config_from_trainer_config, explore_advantages
 from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY, MEDSActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
@@ -330,10 +330,9 @@ class MEDSTrainer(PPOTrainerSync):
         valid = has_feature
         answer_keys = None
         if keyed:
-            texts = [
-                self.tokenizer.decode(r[m.bool()].tolist()) for r, m in zip(responses, response_mask, strict=True)
-            ]
-            answer_keys, key_metrics = response_answer_keys(texts)
+            answer_keys, key_metrics = batch_answer_keys(
+                self.tokenizer, responses, response_mask, list(data["extra_fields"])
+            )
             metrics.update(key_metrics)
             valid = np.array([key is not None for key in answer_keys], dtype=bool)
         lap = self._meds_lap("features", lap)
@@ -412,6 +411,7 @@ class MEDSTrainer(PPOTrainerSync):
             response_mask_nested.to_padded_tensor(padding=0),  # (N, T)
             data["advantages"].to_padded_tensor(padding=0.0),  # (N, T)
             np.array([_accuracy(f) for f in data["extra_fields"]], dtype=bool),
+            extra_fields=list(data["extra_fields"]),
         )
         from verl.workers.utils.padding import response_to_nested
 
