@@ -5,9 +5,11 @@ What the trainer runs on the driver each step, timed here outside verl on the sa
 1. **answer location** (`verl_meds.answer.locate_answer_tokens`, `meds_prepare`): today's code vs the code of
    commit `ea8f0ad` (before the suffix-window search), loaded from git side by side; the old code is timed on a
    subset (`--compare`, it takes seconds per hundred responses) and reported per response and extrapolated per step;
-2. **answer keys** (`verl_meds.grading.answer_keys`, for `meds_answer` / `explore_*`): today's (integer, decimal and
-   fraction answers keyed in the driver, the rest in the grading workers) vs `ea8f0ad`'s `answer_key` (math-verify
-   and sympy in the driver thread), each from a cold cache;
+2. **answer keys** (for `meds_answer` / `explore_*`): `ea8f0ad`'s `answer_key` (math-verify and sympy in the
+   driver thread) vs today's `verl_meds.grading.answer_keys` in the driver (integer, decimal and fraction answers
+   keyed in the driver, the rest in the grading workers), each from a cold cache and after decoding every response,
+   vs today's recipes, where the reward workers key each answer as they grade it and the driver only reads the keys
+   (`verl_meds.verl.explore.batch_answer_keys`);
 3. **memory and shaping** (`ErrorMemory.step` + `shape_rewards` + `grpo_advantages`) on random features with F = 14,
    60 % wrong, after `--warm-epochs` epochs of history.
 
@@ -174,7 +176,7 @@ def main() -> None:
     print(f"   today, first step of a run (token flags not yet known): {cold_s:.2f} s")
     print(f"   ratio old/new per response: {old_sub_s / new_sub_s:.1f}x")
 
-    texts = [tok.decode(row.tolist()) for row in ids]
+    texts, decode_s = timed(lambda rows: [tok.decode(row.tolist()) for row in rows], ids)
     boxed = [extract_boxed(text) for text in texts]
     distinct = len({a for a in boxed if a is not None})
     grading.default_pool().run("key", ["1"] * 4)  # workers started outside the timed part
@@ -189,7 +191,16 @@ def main() -> None:
         f"   {OLD_COMMIT} (in the driver thread): {1e3 * old_keys_s / len(old_subset):7.3f} ms/distinct answer -> "
         f"{old_keys_s / len(old_subset) * distinct:7.2f} s/step (extrapolated from {len(old_subset)})"
     )
-    print(f"   today (fast path + workers): {new_keys_s:.2f} s/step")
+    print(
+        f"   today, keyed in the driver (fast path + workers): {new_keys_s:.2f} s/step, after decoding every "
+        f"response ({decode_s:.2f} s)"
+    )
+    from verl_meds.verl.explore import batch_answer_keys
+
+    infos = [{"reward_extra_info": {"answer_key": k or "", "answer_key_timeout": 0.0}} for k in keys]
+    (from_reward, _), read_s = timed(batch_answer_keys, tok, ids, mask, infos)
+    assert from_reward == keys
+    print(f"   today, keys from the reward workers (answer-keyed recipes): {read_s:.3f} s/step in the driver")
 
     config = MEDSConfig()
     memory = ErrorMemory(config)
@@ -213,7 +224,7 @@ def main() -> None:
     print(f"\n3. memory + shaping at epoch {args.warm_epochs + 1}: {rest_s:.2f} s/step")
     print(
         f"\nper step, answer location + memory + shaping: {new_all_s + rest_s:.2f} s "
-        f"(+ {new_keys_s:.2f} s of answer keys for the answer-keyed methods)"
+        f"(+ {read_s:.3f} s of answer keys read from the reward info for the answer-keyed methods)"
     )
     sys.stdout.flush()
 
