@@ -55,7 +55,7 @@ def test_response_answer_keys_bucket_equivalent_forms():
     keys, metrics = response_answer_keys(texts)
     assert keys[0] == keys[1] == keys[2] == "sym:1/2"
     assert keys[3] == "sym:3" and keys[4] is None and keys[5] is None  # unclosed box: no answer
-    assert metrics == {"answer_key/timeouts": 0.0, "answer_key/errors": 0.0}
+    assert metrics == {"answer_key/timeouts": 0.0, "answer_key/errors": 0.0, "answer_key/from_reward": 0.0}
 
 
 def test_response_answer_keys_count_what_hit_the_time_bound(monkeypatch):
@@ -141,7 +141,7 @@ def test_keys_from_the_reward_info_skip_decoding():
     responses, mask = torch.zeros(3, 4, dtype=torch.long), torch.ones(3, 4)
     keys, metrics = batch_answer_keys(_NoDecode(), responses, mask, infos)
     assert keys == ["sym:1/2", None, "sym:3"]
-    assert metrics == {"answer_key/timeouts": 1.0, "answer_key/errors": 0.0}
+    assert metrics == {"answer_key/timeouts": 1.0, "answer_key/errors": 0.0, "answer_key/from_reward": 1.0}
     # A row without a key (another reward function): the keys are computed from the decoded responses instead.
     assert keys_from_reward_info([*infos[:2], {"reward_extra_info": {"acc": 1.0}}]) is None
     assert keys_from_reward_info(None) is None and keys_from_reward_info([]) is None

@@ -27,6 +27,7 @@ from verl_meds.grading import OK, TIMEOUT, answer_keys
 
 ANSWER_KEY_TIMEOUTS = "answer_key/timeouts"
 ANSWER_KEY_ERRORS = "answer_key/errors"
+ANSWER_KEY_FROM_REWARD = "answer_key/from_reward"
 
 
 def exploration_config_from_trainer_config(config: DictConfig) -> ExplorationConfig:
@@ -42,11 +43,12 @@ def exploration_config_from_trainer_config(config: DictConfig) -> ExplorationCon
 def response_answer_keys(texts: list[str]) -> tuple[list[str | None], dict[str, float]]:
     """Answer key of each decoded response (content of its last closed ``\\boxed{}``), ``None`` when it has none or
     its key hit the time bound; and the metrics ``answer_key/timeouts`` and ``answer_key/errors``
-    (number of responses whose key timed out or failed)."""
+    (number of responses whose key timed out or failed) and ``answer_key/from_reward`` (0.0: keyed here)."""
     keys, statuses = answer_keys([extract_boxed(text) for text in texts])
     metrics = {
         ANSWER_KEY_TIMEOUTS: float(sum(status == TIMEOUT for status in statuses)),
         ANSWER_KEY_ERRORS: float(sum(status not in (OK, TIMEOUT) for status in statuses)),
+        ANSWER_KEY_FROM_REWARD: 0.0,
     }
     return keys, metrics
 
@@ -60,7 +62,7 @@ def keys_from_reward_info(extra_fields: list | None) -> tuple[list[str | None], 
 
     Returns:
         `tuple` or `None`: the N keys (`None` for no answer) and the ``answer_key/*`` metrics, as
-        [`response_answer_keys`] gives them.
+        [`response_answer_keys`] gives them (``answer_key/from_reward`` 1.0).
     """
     if not extra_fields:
         return None
@@ -71,6 +73,7 @@ def keys_from_reward_info(extra_fields: list | None) -> tuple[list[str | None], 
     metrics = {
         ANSWER_KEY_TIMEOUTS: float(sum(float(info.get("answer_key_timeout", 0.0)) for info in infos)),
         ANSWER_KEY_ERRORS: float(sum(float(info.get("answer_key_error", 0.0)) for info in infos)),
+        ANSWER_KEY_FROM_REWARD: 1.0,
     }
     return keys, metrics
 
