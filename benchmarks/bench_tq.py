@@ -1,0 +1,117 @@
+"""TransferQueue reads and writes of the MEDS driver path at the paper's shape (512 x 16 rollouts, 3,072 tokens).
+
+`MEDSTrainer` moves data through verl's TransferQueue on the driver in four places per step; this script times the
+same calls (same fields, same layouts, nested jagged tensors as verl's agent loop writes them) on a local Ray + TQ,
+outside verl, with 8,192 rows:
+
+- `meds_prepare` I/O: read prompts, responses, response mask, extra info and extra fields; pad responses and mask to
+  `(N, T)`; write the answer positions and tokens;
+- `meds_features` I/O: read the features (`(N, F)`, F = 14) the workers wrote, pad;
+- `meds_shaping` I/O: read the token-level scores and uids, write the shaped scores back;
+- the grading metrics: read the extra fields.
+
+Run: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_tq.py [--rows 8192] [--tokens 3072] [--repeats 3]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=8192)
+    parser.add_argument("--tokens", type=int, default=3072)
+    parser.add_argument("--prompt-tokens", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import numpy as np
+    import ray
+    import torch
+    import transfer_queue as tq
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    from verl_meds.verl.trainer import tq_fields
+    from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY
+
+    torch.set_num_threads(1)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    tq.init()
+    rng = np.random.default_rng(0)
+    n, t = args.rows, args.tokens
+    keys = [f"uid{i // 16}_{i}_0" for i in range(n)]
+    start = time.perf_counter()
+    for first in range(0, n, 512):  # the agent loop writes a chunk of trajectories at a time
+        rows = []
+        for i in range(first, min(n, first + 512)):
+            length = int(rng.integers(t // 2, t + 1))
+            scores = torch.zeros(length)
+            scores[-1] = float(rng.integers(0, 2))
+            rows.append(
+                {
+                    "prompts": torch.from_numpy(rng.integers(0, 150_000, args.prompt_tokens)),
+                    "responses": torch.from_numpy(rng.integers(0, 150_000, length)),
+                    "response_mask": torch.ones(length, dtype=torch.long),
+                    "rm_scores": scores,
+                    "uid": f"uid{i // 16}",
+                    "extra_info": {"index": i // 16},
+                    "extra_fields": {"reward_extra_info": {"acc": float(scores[-1]), "pred": "4", "answer_key": ""}},
+                }
+            )
+        tq.kv_batch_put(keys=keys[first : first + 512], partition_id="train", fields=list_of_dict_to_tensordict(rows))
+    print(f"{n} rows of up to {t} response tokens written in {time.perf_counter() - start:.1f} s")
+    features = torch.nested.as_nested_tensor([torch.randn(14) for _ in range(n)], layout=torch.jagged)
+    tq.kv_batch_put(keys=keys, partition_id="train", fields=tq_fields({FEATURES_KEY: features}, n))
+
+    def prepare():
+        fields = ["prompts", "responses", "response_mask", "extra_info", "extra_fields"]
+        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=fields)
+        responses = data["responses"].to_padded_tensor(padding=0)  # (N, T)
+        data["response_mask"].to_padded_tensor(padding=0)  # (N, T)
+        positions = torch.full((responses.shape[0],), 5, dtype=torch.long)
+        tq.kv_batch_put(
+            keys=keys,
+            partition_id="train",
+            fields=tq_fields({PRED_POS_KEY: positions, ANSWER_TOKEN_KEY: positions}, n),
+        )
+
+    def read_features():
+        out = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=[FEATURES_KEY])
+        out[FEATURES_KEY].to_padded_tensor(padding=float("nan"))  # (N, F)
+
+    def shaping():
+        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["rm_scores", "uid"])
+        scores = list(data["rm_scores"].unbind())
+        torch.stack([s.sum() for s in scores])
+        list(data["uid"])
+        nested = torch.nested.as_nested_tensor([s.clone() for s in scores], layout=torch.jagged)
+        tq.kv_batch_put(keys=keys, partition_id="train", fields=tq_fields({"rm_scores": nested}, n))
+
+    def grading_info():
+        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["extra_fields"])
+        list(data["extra_fields"])
+
+    parts = {"meds_prepare I/O": prepare, "meds_features I/O": read_features, "meds_shaping I/O": shaping}
+    parts["grading metrics read"] = grading_info
+    times = {name: [] for name in parts}
+    for _ in range(args.repeats):
+        for name, fn in parts.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    total = 0.0
+    print(f"{'per step, median of ' + str(args.repeats):<28} {'seconds':>8}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        total += median
+        print(f"{name:<28} {median:8.2f}")
+    print(f"{'all TransferQueue I/O':<28} {total:8.2f}")
+    tq.close()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
