@@ -355,3 +355,31 @@ def test_e_notation_regressions():
     assert grade("4.5e33", r"4.5 \times 10^{33}").correct
     assert not grade("4.5e33", "4.6e33").correct
     assert canonical_latex("1e100000") == "1e100000"  # too long to write out: left as text
+
+
+LONG_PIECES = ["1", "7" * 97, ".", "..", "e", "E", "-", "+", r"\overline{", "}", "√", " ", "0.", r"\frac{", "{", "x"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(pieces=st.lists(st.sampled_from(LONG_PIECES), min_size=1, max_size=30), repeat=st.integers(1, 400))
+def test_text_rules_take_linear_time_on_long_answers(pieces, repeat):
+    """The rules that run in the calling thread (before any worker) on a model's degenerate answer of up to ~100,000
+    characters: no error, and well under a second (they were quadratic on long digit runs)."""
+    from verl_meds.grading import compact_text, fast_key
+
+    text = "".join(pieces) * repeat
+    start = time.perf_counter()
+    canonical = canonical_latex(text)
+    understood(canonical)
+    compact_text(canonical)
+    fast_key(text)
+    gold_text(text)
+    assert time.perf_counter() - start < 1.0, len(text)
+
+
+def test_long_digit_runs_regression():
+    for text in ("1" * 30000 + "." + "1" * 30000, "1." * 30000, "1" * 3000 + "e" + "1" * 3000):
+        start = time.perf_counter()
+        understood(canonical_latex(text))
+        assert time.perf_counter() - start < 1.0
+    assert canonical_latex("0." + "3" * 300 + r"\overline{3}") == "0." + "3" * 300 + r"\overline{3}"  # kept as text

@@ -116,18 +116,34 @@ _SYNONYMS = (
     (re.compile(r"\\(?:displaystyle|textstyle)(?![A-Za-z])"), ""),
 )
 _UNICODE_SQRT = re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\{[^{}]*\}|\([^()]*\))")
-_REPEATING = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{(\d+)\}")
+# Patterns over digit runs start only at the run's first digit (the look-behinds) and never split a run two ways, so
+# a model's 30,000-digit answer costs linear time here, in the calling thread, before any worker is involved.
+_REPEATING = re.compile(r"(-?)(?<![\d.])(\d*)\.(\d*)\\overline\{(\d+)\}")
 _COMMAND = re.compile(r"\\([A-Za-z]+)")
 _MATRIX_ENVIRONMENT = re.compile(r"\\(?:begin|end)\{[pb]?matrix\}")
-_MALFORMED_NUMBER = re.compile(r"\d*\.\d+\.\d|\d\.\.\d")
-_E_NOTATION = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+_MALFORMED_NUMBER = re.compile(r"(?<![\d.])\d*\.\d+\.\d|\d\.\.\d")
+_E_NOTATION = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)[eE][+-]?\d+")
 _MAX_E_EXPONENT = 400  # e-notation numbers up to this exponent are written out (longer ones stay text)
 _COMPACT = re.compile(r"(\s+|\\!|\\,|\\;|\\:|\\quad|\\qquad|\\left|\\right|\$)")
 _SPACING = re.compile(r"(\\!|\\,|\\;|\\:|\$)")
 
 
+def _e_number(text: str) -> Decimal | None:
+    """`text` as a number when it is exactly one e-notation number of at most 100 digits and a written-out length of
+    at most `_MAX_E_EXPONENT` digits, else `None`."""
+    if len(text) > 120 or not _E_NOTATION.fullmatch(text):
+        return None
+    number = Decimal(text)
+    return number if abs(number.adjusted()) <= _MAX_E_EXPONENT else None
+
+
+_MAX_REPEATING_DIGITS = 200  # longer repeating decimals are left as text (and so compared as text)
+
+
 def _repeating_to_fraction(match: re.Match) -> str:
     sign, whole, fixed, repeat = match.groups()
+    if len(whole) + len(fixed) + len(repeat) > _MAX_REPEATING_DIGITS:
+        return match.group(0)
     value = Fraction(int(whole or "0")) + Fraction(int(fixed or "0"), 10 ** len(fixed))
     value += Fraction(int(repeat), (10 ** len(repeat) - 1) * 10 ** len(fixed))
     if sign:
@@ -150,12 +166,13 @@ def canonical_latex(text: str) -> str:
         up to 400) is written out positionally; everything else unchanged.
     """
     text = _SPACING.sub(" ", text).strip().rstrip(".").strip()
-    if _E_NOTATION.fullmatch(text) and abs(Decimal(text).adjusted()) <= _MAX_E_EXPONENT:
-        return _positional(Decimal(text))  # `4.5e33` is one number, not 4.5 times Euler's e to the 33
+    number = _e_number(text)
+    if number is not None:
+        return _positional(number)  # `4.5e33` is one number, not 4.5 times Euler's e to the 33
     for pattern, replacement in _SYNONYMS:
         text = pattern.sub(replacement, text)
     text = _UNICODE_SQRT.sub(lambda m: r"\sqrt{" + m.group(1).strip("{}()") + "}", text)
-    return _REPEATING.sub(_repeating_to_fraction, text)
+    return _REPEATING.sub(_repeating_to_fraction, text) if "\\overline" in text else text
 
 
 def understood(text: str) -> bool:
@@ -201,8 +218,9 @@ def gold_text(ground_truth: Any) -> str:
         raise ValueError(f"ground_truth must be a number or a string, got the bool {ground_truth!r}.")
     if isinstance(ground_truth, str):
         text = ground_truth.strip()
-        if _E_NOTATION.fullmatch(text) and abs(Decimal(text).adjusted()) <= _MAX_E_EXPONENT:
-            return _positional(Decimal(text))
+        number = _e_number(text)
+        if number is not None:
+            return _positional(number)
         return text
     if isinstance(ground_truth, Fraction):
         if ground_truth.denominator == 1:
