@@ -665,9 +665,9 @@ def grade(pred: str | None, ground_truth: Any, timeout_seconds: float | None = N
         return Grade(False, OK, time.perf_counter() - start)
     pred = str(pred)
     status = OK
-    for text in texts:
-        if compact_text(canonical_latex(pred.strip())) == compact_text(canonical_latex(text)):
-            return Grade(True, OK, time.perf_counter() - start)
+    written = compact_text(canonical_latex(pred.strip()))
+    if any(written == compact_text(canonical_latex(text)) for text in texts):
+        return Grade(True, OK, time.perf_counter() - start)
     results = default_pool(timeout_seconds).run("grade", [(pred, text) for text in texts])
     for item_status, value in results:
         if item_status == OK and value:
