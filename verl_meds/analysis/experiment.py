@@ -49,6 +49,13 @@ from typing import Any
 import numpy as np
 
 from verl_meds.analysis.diversity import _agreement, step_metrics
+from verl_meds.analysis.passk_curves import (
+    bootstrap_curve,
+    curve_over_seeds,
+    paired_curve_difference,
+    passk_curve,
+    t_interval,
+)
 from verl_meds.analysis.records import assign_clusters, synthetic_error_mode
 
 logger = logging.getLogger(__name__)
@@ -369,9 +376,14 @@ def answer_key_agreement(groups: Sequence[Sequence[Mapping[str, Any]]], min_wron
     }
 
 
-def validation_step_metrics(val_dir: Path, ks: Sequence[int]) -> list[dict[str, float]]:
+def validation_step_metrics(val_dir: Path, ks: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Per validation step (verl's ``<step>.jsonl`` files): pass@k on the held-out problems and the error-mode
-    measures of their samples."""
+    measures of their samples.
+
+    ``ks=None`` gives every k = 1..min n (the whole curve, ``pass@1`` .. ``pass@<n>``); a k above the smallest
+    per-problem sample count is left out. Each entry also keeps the per-problem counts (``counts_n``,
+    ``counts_c``, problems sorted by prompt) for the bootstrap interval of a single run.
+    """
     from verl_meds.eval.passk import mean_pass_at_k
 
     out = []
@@ -383,10 +395,13 @@ def validation_step_metrics(val_dir: Path, ks: Sequence[int]) -> list[dict[str, 
             row = json.loads(line)
             correct = float(row.get("acc", row.get("score", 0.0))) > 0.5
             samples[row["input"]].append((correct, row.get("pred") or None))
-        n = np.array([len(v) for v in samples.values()])
-        c = np.array([sum(ok for ok, _ in v) for v in samples.values()])
-        valid_ks = [k for k in ks if k <= n.min()]
-        entry: dict[str, float] = {"step": float(path.stem), "num_problems": float(len(samples))}
+        problems = sorted(samples)
+        n = np.array([len(samples[q]) for q in problems])
+        c = np.array([sum(ok for ok, _ in samples[q]) for q in problems])
+        valid_ks = [k for k in (range(1, int(n.min()) + 1) if ks is None else ks) if k <= n.min()]
+        entry: dict[str, Any] = {"step": float(path.stem), "num_problems": float(len(samples))}
+        entry["counts_n"] = n.tolist()
+        entry["counts_c"] = c.tolist()
         for k, value in zip(valid_ks, np.atleast_1d(mean_pass_at_k(n, c, valid_ks)), strict=True):
             entry[f"pass@{k}"] = float(value)
         labels = {q: [mode_label(q, pred) for ok, pred in v if not ok] for q, v in samples.items()}
@@ -396,10 +411,38 @@ def validation_step_metrics(val_dir: Path, ks: Sequence[int]) -> list[dict[str, 
     return out
 
 
-def measure_run(folder: Path, questions: Mapping[str, str], ks: Sequence[int] = (1, 2, 4, 8)) -> dict[str, Any]:
-    """All measurements of one finished run folder (see the module docstring)."""
+ENTROPY_KEY = "actor/entropy"
+"""verl's per-step policy entropy (mean token entropy of the training rollouts under the current actor)."""
+
+
+def logged_step_metrics(folder: Path, keys: Sequence[str] = (ENTROPY_KEY,)) -> dict[int, dict[str, float]]:
+    """step -> {key: value} from verl's file logger (``metrics.*.jsonl`` of the run folder; the last line of a
+    step wins, as after a resume). Keys a step did not log are absent."""
+    out: dict[int, dict[str, float]] = {}
+    for path in sorted(folder.glob("metrics.*.jsonl")):
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            data = row.get("data", row)
+            step = row.get("step", data.get("training/global_step"))
+            if step is None:
+                continue
+            picked = {k: float(data[k]) for k in keys if k in data and data[k] is not None}
+            if picked:
+                out.setdefault(int(step), {}).update(picked)
+    return out
+
+
+def measure_run(folder: Path, questions: Mapping[str, str], ks: Sequence[int] | None = None) -> dict[str, Any]:
+    """All measurements of one finished run folder (see the module docstring); ``ks=None`` = the whole pass@k
+    curve. Training steps also carry ``entropy`` (`ENTROPY_KEY`) when verl logged it."""
     dump = folder / "checkpoints" / "analysis.jsonl"
     train = training_step_metrics(dump, questions) if dump.exists() else []
+    logged = logged_step_metrics(folder)
+    for entry in train:
+        entropy = logged.get(int(entry["step"]), {}).get(ENTROPY_KEY)
+        entry["entropy"] = math.nan if entropy is None else entropy
     val = validation_step_metrics(folder / "val", ks)
     return {"train": train, "val": val}
 
@@ -409,9 +452,11 @@ def measure_run(folder: Path, questions: Mapping[str, str], ks: Sequence[int] = 
 SUMMARY_METRICS: tuple[tuple[str, str, str], ...] = (
     ("val", "pass@1", "held-out pass@1"),
     ("val", "pass@8", "held-out pass@8"),
+    ("val", "pass@64", "held-out pass@64"),
     ("val", "collapse_share", "held-out error-collapse share"),
     ("val", "distinct_modes", "held-out distinct modes / problem"),
     ("train", "accuracy", "train accuracy"),
+    ("train", "entropy", "train entropy"),
     ("train", "collapse_share", "train error-collapse share"),
     ("train", "nmi", "cluster vs mode NMI"),
     ("train", "ari", "cluster vs mode ARI"),
@@ -419,7 +464,8 @@ SUMMARY_METRICS: tuple[tuple[str, str, str], ...] = (
     ("train", "eigen_ratio", "top-1 eigen ratio"),
 )
 """(source, key, name) of the table's columns: ``val`` = last validation, ``train`` = mean over the last third of
-the training steps (a few steps, to damp the step-to-step noise of 64 rollouts)."""
+the training steps (a few steps, to damp the step-to-step noise of 64 rollouts). ``pass@64`` is n/a when the
+validation drew fewer than 64 samples per problem."""
 
 
 def summarise_run(measured: Mapping[str, Any]) -> dict[str, float]:
@@ -435,7 +481,7 @@ def summarise_run(measured: Mapping[str, Any]) -> dict[str, float]:
             finite = [v for v in values if math.isfinite(v)]
             out[f"train_{key}"] = float(np.mean(finite)) if finite else math.nan
     if val:
-        for key in ("pass@1", "pass@8", "collapse_share"):
+        for key in ("pass@1", "pass@8", "pass@64", "collapse_share"):
             out[f"start_{key}"] = float(val[0].get(key, math.nan))
     out["penalised_total"] = float(sum(s.get("penalised", 0.0) for s in train))
     return out
@@ -449,18 +495,9 @@ def column_key(source: str, key: str) -> str:
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """Mean and two-sided Student-t interval over seeds; ``(mean, nan, nan)`` with one value; all NaN with none.
 
-    Non-finite values are left out.
+    Non-finite values are left out (`verl_meds.analysis.passk_curves.t_interval`).
     """
-    from scipy import stats
-
-    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
-    if finite.size == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(finite.mean())
-    if finite.size == 1:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, finite.size - 1) * finite.std(ddof=1) / math.sqrt(finite.size))
-    return mean, mean - half, mean + half
+    return t_interval(values, confidence)
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -523,9 +560,104 @@ def table_markdown(collected: Mapping[str, Any]) -> str:
         text += (
             f"\n### Paired difference against {label_of(BASELINE)} (same seed)\n\n" + head + "\n".join(paired) + "\n"
         )
+    text += "\n" + passk_markdown(collected)
     text += "\n" + mode_mix_markdown(collected)
     text += "\n" + answer_mode_markdown(collected)
     text += "\n### Per-seed values\n\n" + head.replace("| seeds |", "| seed |") + "\n".join(per_seed) + "\n"
+    return text
+
+
+PASSK_TABLE_KS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+"""The k shown in `passk_markdown` (the plot has every k)."""
+
+
+def final_curves(collected: Mapping[str, Any]) -> dict[str, dict[int, np.ndarray]]:
+    """method -> seed -> pass@k curve (k = 1..min n) of the run's last validation (`passk_curve` of its counts)."""
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for method, runs in collected.items():
+        for seed, run in runs.items():
+            val = run.get("measured", {}).get("val", [])
+            if val and val[-1].get("counts_n"):
+                out.setdefault(method, {})[int(seed)] = passk_curve(val[-1]["counts_n"], val[-1]["counts_c"])
+    return out
+
+
+def curve_bands(collected: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """method -> (k, mean, lower, upper) of the final pass@k curve: t-interval over seeds, or, for a method with a
+    single run (`START`), a bootstrap over the held-out problems."""
+    bands = {}
+    for method, curves in final_curves(collected).items():
+        if len(curves) == 1:
+            (seed,) = curves
+            val = collected[method][seed]["measured"]["val"][-1]
+            mean, lo, hi = bootstrap_curve(val["counts_n"], val["counts_c"], k_max=len(curves[seed]))
+        else:
+            mean, lo, hi = curve_over_seeds(curves)
+        bands[method] = (np.arange(1, mean.size + 1), mean, lo, hi)
+    return bands
+
+
+def passk_markdown(collected: Mapping[str, Any]) -> str:
+    """Markdown: the final held-out pass@k at `PASSK_TABLE_KS` per method (mean [95 % interval]; over seeds, or
+    a bootstrap over problems for a single run), then each method minus `BASELINE` paired by seed, and minus the
+    start model (per seed, against its single value)."""
+    curves = final_curves(collected)
+    bands = curve_bands(collected)
+    if not bands:
+        return ""
+    k_max = max(b[0].size for b in bands.values())
+    ks = [k for k in PASSK_TABLE_KS if k <= k_max]
+    head = "| method | runs | " + " | ".join(f"pass@{k}" for k in ks) + " |\n|---|---|" + "---|" * len(ks) + "\n"
+
+    def cell(mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, signed: bool = False) -> str:
+        if k > mean.size:
+            return "n/a"
+        m = f"{mean[k - 1]:+.3f}" if signed else _fmt(float(mean[k - 1]))
+        return f"{m} [{_fmt(float(lo[k - 1]))}, {_fmt(float(hi[k - 1]))}]"
+
+    rows = []
+    for method, (_, mean, lo, hi) in bands.items():
+        how = "bootstrap" if len(curves[method]) == 1 else "t"
+        rows.append(
+            f"| {label_of(method)} | {len(curves[method])} ({how}) | "
+            + " | ".join(cell(mean, lo, hi, k) for k in ks)
+            + " |"
+        )
+    text = "### Held-out pass@k (last validation; mean [95 % interval])\n\n" + head + "\n".join(rows) + "\n"
+    paired = []
+    for method, per_seed in curves.items():
+        if method in (BASELINE, START) or BASELINE not in curves or not set(per_seed) & set(curves[BASELINE]):
+            continue
+        mean, lo, hi, common = paired_curve_difference(per_seed, curves[BASELINE])
+        paired.append(
+            f"| {label_of(method)} - {label_of(BASELINE)} | {len(common)} | "
+            + " | ".join(cell(mean, lo, hi, k, signed=True) for k in ks)
+            + " |"
+        )
+    if paired:
+        text += (
+            f"\n### Held-out pass@k minus {label_of(BASELINE)} (paired by seed)\n\n" + head + "\n".join(paired) + "\n"
+        )
+    if START in curves:
+        start_curve = next(iter(curves[START].values()))
+        versus = []
+        for method, per_seed in curves.items():
+            if method == START:
+                continue
+            diffs = {s: np.asarray(v)[: start_curve.size] - start_curve[: len(v)] for s, v in per_seed.items()}
+            mean, lo, hi = curve_over_seeds(diffs)
+            versus.append(
+                f"| {label_of(method)} - start | {len(per_seed)} | "
+                + " | ".join(cell(mean, lo, hi, k, signed=True) for k in ks)
+                + " |"
+            )
+        if versus:
+            text += (
+                "\n### Held-out pass@k minus the start model (t-interval over seeds; the start value is fixed)\n\n"
+                + head
+                + "\n".join(versus)
+                + "\n"
+            )
     return text
 
 
@@ -621,11 +753,13 @@ PLOTS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "heldout.png": (
         ("val", "pass@1", "held-out pass@1"),
         ("val", "pass@8", "held-out pass@8"),
+        ("val", "pass@64", "held-out pass@64"),
         ("val", "collapse_share", "held-out error-collapse share"),
         ("val", "distinct_modes", "held-out distinct modes / problem"),
     ),
     "training.png": (
         ("train", "accuracy", "train accuracy"),
+        ("train", "entropy", "policy entropy (nats / token)"),
         ("train", "collapse_share", "error-collapse share"),
         ("train", "distinct_modes", "distinct modes / group"),
         ("train", "nmi", "cluster vs mode NMI"),
@@ -637,7 +771,19 @@ PLOTS: dict[str, tuple[tuple[str, str, str], ...]] = {
 
 
 UNIT_INTERVAL_KEYS = frozenset(
-    {"accuracy", "collapse_share", "nmi", "ari", "nmi_answer", "eigen_ratio", "pass@1", "pass@2", "pass@4", "pass@8"}
+    {
+        "accuracy",
+        "collapse_share",
+        "nmi",
+        "ari",
+        "nmi_answer",
+        "eigen_ratio",
+        "pass@1",
+        "pass@2",
+        "pass@4",
+        "pass@8",
+        "pass@64",
+    }
 )
 """Measures bounded by [0, 1]: their plot axes are fixed to that range."""
 
@@ -672,7 +818,22 @@ def plot_curves(collected: Mapping[str, Any], folder: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    bands = curve_bands(collected)
+    if bands:
+        from verl_meds.analysis.plots import plot_passk_curves
+
+        labelled = {
+            label_of(m) + (" (bootstrap over problems)" if m == START else ""): band for m, band in bands.items()
+        }
+        figure = plot_passk_curves(labelled, title="held-out pass@k, last validation (95 % intervals)")
+        path = folder / PASSK_PLOT
+        figure.savefig(path, dpi=110)
+        written.append(path)
     return written
+
+
+PASSK_PLOT = "passk.png"
+"""File of the final pass@k-vs-k plot (`verl_meds.analysis.plots.plot_passk_curves`)."""
 
 
 def write_report(out: str | os.PathLike, cache: str | None = None) -> dict[str, Any]:

@@ -123,3 +123,41 @@ PLOTS = {
     "patterns": plot_patterns,
 }
 """Figure name -> plot function."""
+
+
+PassKCurve = tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]]
+"""(k, mean pass@k, lower bound, upper bound), each of the same length; NaN bounds draw no band."""
+
+
+def plot_passk_curves(curves: Mapping[str, PassKCurve], title: str | None = None, log_k: bool = True):
+    """
+    Held-out pass@k against k, one line per method with its interval as a band.
+
+    Args:
+        curves (`Mapping[str, PassKCurve]`): label -> (k, mean, lower, upper), as computed by
+            `verl_meds.analysis.passk_curves` (over seeds, or a bootstrap over problems for a single run).
+        title (`str`, *optional*): figure title.
+        log_k (`bool`, *optional*, defaults to `True`): k on a base-2 log axis (k = 1..64 spreads evenly).
+
+    Returns:
+        `matplotlib.figure.Figure`.
+    """
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = figure.subplots()
+    for label, (ks, mean, lo, hi) in curves.items():
+        ks, mean, lo, hi = (np.asarray(v, dtype=float) for v in (ks, mean, lo, hi))
+        line = ax.plot(ks, mean, marker="o", markersize=2.5, label=label)
+        if np.isfinite(lo).any():
+            ax.fill_between(ks, lo, hi, alpha=0.15, color=line[0].get_color())
+    if log_k:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("held-out pass@k")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    if title:
+        figure.suptitle(title)
+    return figure
