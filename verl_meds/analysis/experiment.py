@@ -24,11 +24,15 @@ Definitions (one step = one set of rollouts; "group" = the responses to one prom
 - *pooled top-mode share*: share of all wrong responses of the step in the single most common mode.
 - ARI / NMI: `verl_meds.analysis.diversity.cluster_label_agreement` between the logit-lens clusters (replayed
   offline with the default clustering, `assign_clusters`) and the true error modes, size-weighted over groups.
-- held-out pass@k: unbiased estimator (`verl_meds.eval.passk`) over the validation samples of each problem.
+- held-out pass@k: unbiased estimator (`verl_meds.eval.passk`) over the validation samples of each problem, for
+  every k = 1..n (`verl_meds.analysis.passk_curves`); the final curves get a t-interval over seeds (a bootstrap
+  over problems for the single start run), paired differences against DAPO by seed, and the plot ``passk.png``.
+- *entropy*: verl's per-step ``actor/entropy`` (the file logger's ``metrics.0.jsonl``).
 
 Command line::
 
     python -m verl_meds.analysis.experiment run --out outputs/science [--methods ...] [--seeds 0 1 2 3 4]
+        [--steps 8] [--val-n 8] [--train-problems 16] [--extra key=value ...] [--no-start]
     python -m verl_meds.analysis.experiment report --out outputs/science
 """
 
@@ -117,6 +121,8 @@ class ExperimentConfig:
             collapse onto repeated errors) has a history; the held-out set is the usual 64 test problems.
         cache (`str` or `None`): where the synthetic data and the tiny model are cached (`data_prep.assets`).
         extra (`list[str]`): Hydra overrides added to every run.
+        start (`bool`): also run the `START` validation (first seed); a second process that shares ``out`` with
+            one that runs it passes ``False``, so the start model is validated once.
     """
 
     out: str
@@ -127,6 +133,7 @@ class ExperimentConfig:
     train_problems: int = 16
     cache: str | None = None
     extra: list[str] = field(default_factory=list)
+    start: bool = True
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -231,7 +238,8 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     if not ray.is_initialized():
         ray.init(num_cpus=16, num_gpus=1, runtime_env={"env_vars": env}, include_dashboard=False)
     # The start point first, then seed-major: the first seeds cover every method early.
-    plan = [(cfg.seeds[0], START)] + [(seed, method) for seed in cfg.seeds for method in cfg.methods]
+    plan = [(cfg.seeds[0], START)] if cfg.start else []
+    plan += [(seed, method) for seed in cfg.seeds for method in cfg.methods]
     results = []
     for seed, method in tqdm(plan, desc="runs", unit="run"):
         folder = run_dir(cfg.out, method, seed)
@@ -876,6 +884,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_p.add_argument("--train-problems", type=int, default=ExperimentConfig.train_problems)
     run_p.add_argument("--cache", default=None)
     run_p.add_argument("--extra", nargs="*", default=[], help="Hydra overrides added to every run")
+    run_p.add_argument(
+        "--start",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="validate the warm-start model (--no-start in a second process that shares --out)",
+    )
     rep_p = sub.add_parser("report", help="measure the finished runs and write results.json, table.md, plots")
     rep_p.add_argument("--out", required=True)
     rep_p.add_argument("--cache", default=None)
@@ -891,6 +905,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             train_problems=args.train_problems,
             cache=args.cache,
             extra=args.extra,
+            start=args.start,
         )
         results = run_experiment(cfg)
         failed = [f"{r['method']}/seed{r['seed']}" for r in results if r.get("status") != "ok"]
