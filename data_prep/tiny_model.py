@@ -18,7 +18,11 @@ config hash). A folder whose hash matches the requested config is reused as is.
 
 Run::
 
-    python -m data_prep.tiny_model --out .cache/tiny_model [--seed 0]
+    python -m data_prep.tiny_model --out .cache/tiny_model [--seed 0] [--attention vllm_cpu]
+
+``--attention vllm_cpu`` builds the variant that vLLM's CPU attention accepts (`ATTENTION_PRESETS`: 2 query heads
+and 1 key/value head of size 32 instead of 4 and 2 of size 16; the same parameter count), the model of the vLLM
+rollout recipe (docs/vllm-cpu.md).
 """
 
 from __future__ import annotations
@@ -76,6 +80,18 @@ CHAT_TEMPLATE = (
 )
 """ChatML without a default system prompt: ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message, then
 ``<|im_start|>assistant\\n`` when a generation prompt is asked for."""
+
+ATTENTION_PRESETS: dict[str, dict[str, int]] = {
+    "default": {"num_attention_heads": 4, "num_key_value_heads": 2},
+    "vllm_cpu": {"num_attention_heads": 2, "num_key_value_heads": 1},
+}
+"""Named head layouts for `TinyModelConfig`. ``default`` (head size 16) is the tiny CPU setup's model;
+``vllm_cpu`` (head size 32) is the smallest layout of the same width that vLLM's CPU attention runs (it rejects
+head sizes under `VLLM_CPU_MIN_HEAD_DIM`). Both have the same number of parameters: the query and output
+projections keep their shape, and one key/value head of 32 is as wide as two of 16."""
+
+VLLM_CPU_MIN_HEAD_DIM = 32
+"""Smallest head size vLLM 0.31's CPU attention accepts (``Unsupported CPU attention configuration: head_dim=16``)."""
 
 DEFAULT_MIX: dict[str, float] = {
     "correct": 0.4,
@@ -167,6 +183,25 @@ class TinyModelConfig:
         low, high = self.accuracy_band
         if not 0.0 <= low < high <= 1.0:
             raise ValueError(f"accuracy_band must satisfy 0 <= low < high <= 1, got {self.accuracy_band}")
+
+    @property
+    def head_dim(self) -> int:
+        """`int`: size of one attention head (``hidden_size / num_attention_heads``)."""
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def with_attention(cls, preset: str, **kwargs: Any) -> TinyModelConfig:
+        """A config with the head layout ``preset`` of `ATTENTION_PRESETS` and ``kwargs`` for the other fields.
+
+        Raises:
+            ValueError: if ``preset`` is not a key of `ATTENTION_PRESETS`.
+
+        >>> TinyModelConfig.with_attention("vllm_cpu").head_dim
+        32
+        """
+        if preset not in ATTENTION_PRESETS:
+            raise ValueError(f"unknown attention preset {preset!r}; valid names: {sorted(ATTENTION_PRESETS)}")
+        return cls(**ATTENTION_PRESETS[preset], **kwargs)
 
     def config_hash(self, seed: int) -> str:
         """`str`: 16 hex digits of the SHA-256 of this config, ``seed`` and `BUILD_VERSION`."""
@@ -681,12 +716,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default=str(DEFAULT_TINY_DIR), help="output model folder")
     parser.add_argument("--seed", type=int, default=0, help="build seed")
     parser.add_argument("--train-steps", type=int, default=TinyModelConfig.train_steps, help="first-round steps")
+    parser.add_argument(
+        "--attention",
+        choices=sorted(ATTENTION_PRESETS),
+        default="default",
+        help="head layout (vllm_cpu: 2 heads of size 32, 1 key/value head, which vLLM's CPU attention runs)",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if the cached folder matches")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     path = build_tiny_model(
-        args.out, seed=args.seed, config=TinyModelConfig(train_steps=args.train_steps), force=args.force
+        args.out,
+        seed=args.seed,
+        config=TinyModelConfig.with_attention(args.attention, train_steps=args.train_steps),
+        force=args.force,
     )
     info = _read_info(path) or {}
     summary = (
