@@ -186,3 +186,10 @@ def test_report_has_passk_tables_against_dapo_and_start_and_the_plot(tmp_path):
     assert row.split(" | ")[2] == "+0.125 [0.125, 0.125]"  # pass@1 0.375 vs the start's 8 / 32
     assert row.split(" | ")[-1] == "-0.250 [-0.250, -0.250] |"
     assert (tmp_path / ex.PASSK_PLOT).stat().st_size > 10_000
+
+
+def test_run_plan_is_seed_major_and_can_leave_out_the_start():
+    cfg = ex.ExperimentConfig(out="x", methods=["dapo", "meds_dapo"], seeds=[2, 0])
+    assert ex.run_plan(cfg) == [(2, ex.START), (2, "dapo"), (2, "meds_dapo"), (0, "dapo"), (0, "meds_dapo")]
+    second = ex.ExperimentConfig(out="x", methods=["meds_answer"], seeds=[4], start=False)
+    assert ex.run_plan(second) == [(4, "meds_answer")]

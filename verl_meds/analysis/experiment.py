@@ -216,6 +216,14 @@ def training_subset(train_file: str | os.PathLike, n: int, folder: Path) -> Path
     return path
 
 
+def run_plan(cfg: ExperimentConfig) -> list[tuple[int, str]]:
+    """The (seed, method) runs of `cfg` in order: the `START` validation first (first seed; left out when
+    ``cfg.start`` is false), then seed-major, so that the first seeds cover every method early and a cut-short
+    experiment still has complete pairs."""
+    plan = [(cfg.seeds[0], START)] if cfg.start else []
+    return plan + [(seed, method) for seed in cfg.seeds for method in cfg.methods]
+
+
 def run_experiment(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     """Train every (method, seed) of `cfg` with real verl on CPU in one Ray cluster; skip runs already done.
 
@@ -237,11 +245,8 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     env = cpu.enable_cpu_mode()
     if not ray.is_initialized():
         ray.init(num_cpus=16, num_gpus=1, runtime_env={"env_vars": env}, include_dashboard=False)
-    # The start point first, then seed-major: the first seeds cover every method early.
-    plan = [(cfg.seeds[0], START)] if cfg.start else []
-    plan += [(seed, method) for seed in cfg.seeds for method in cfg.methods]
     results = []
-    for seed, method in tqdm(plan, desc="runs", unit="run"):
+    for seed, method in tqdm(run_plan(cfg), desc="runs", unit="run"):
         folder = run_dir(cfg.out, method, seed)
         done = folder / "run.json"
         if done.exists() and json.loads(done.read_text()).get("status") == "ok":
