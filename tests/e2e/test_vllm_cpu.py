@@ -10,7 +10,11 @@ memory checkpoint) and that the policy's weights reached vLLM:
 - vLLM served them: its sampling log-probs agree with the ones the FSDP actor recomputes (the engine starts from
   random weights, so a sync that did not load would show differences of order 1).
 
-Skipped, with the reason, when the vLLM environment is missing. Shared-memory segments the run leaves in /dev/shm
+A second run shows that the silent hang is gone: with verl's stock worker extension, whose load fails on vLLM's
+repacked CPU layers and then leaves verl's sender waiting forever, the run ends with the stage watchdog's error
+naming the weight sync.
+
+Skipped, with the reason, when the vLLM environment is missing. Shared-memory segments the runs leave in /dev/shm
 are removed afterwards.
 """
 
@@ -64,19 +68,39 @@ def model_folder_tensors(folder: Path) -> list:
     return list(load_file(str(folder / "model.safetensors")).items())
 
 
-def test_meds_dapo_with_the_vllm_rollout(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def vllm_env():
     problem = vllm_environment_problem()
     if problem:
         pytest.skip(problem)
+
+
+def run_log(run: RecipeRun, chars: int = 6000) -> str:
+    """The end of the run's log (readable after `RecipeRun.cleanup`)."""
+    return (run.out / f"run.{run.attempt}.log").read_text(errors="replace")[-chars:]
+
+
+def run_in_vllm_env(out: Path, assets: dict, overrides: list[str], timeout_s: float) -> tuple[RecipeRun, int]:
+    """One recipe run with the vLLM interpreter; returns the run and its exit code. Leftover segments are removed."""
+    from verl_meds.verl.vllm_cpu import remove_stale_shm, segments_in_use, shm_segments
+
+    shm_before = shm_segments()
+    run = RecipeRun("meds_dapo", out, assets, ["+rollout_engine=vllm_cpu", *overrides])
+    run.args[0] = str(VLLM_PYTHON)
+    try:
+        run.start()
+        code = run.wait(timeout_s)
+    finally:
+        run.cleanup()
+        remove_stale_shm(shm_before)
+    assert not (shm_segments() - shm_before - segments_in_use()), "shared-memory segments left behind"
+    return run, code
+
+
+def test_meds_dapo_with_the_vllm_rollout(vllm_env, tmp_path, monkeypatch):
     from data_prep.assets import tiny_cpu_assets
     from verl_meds.verl.checkpoint import read_memory_state
-    from verl_meds.verl.vllm_cpu import (
-        SYNC_LOG_ENV,
-        remove_stale_shm,
-        segments_in_use,
-        shm_segments,
-        weights_digest,
-    )
+    from verl_meds.verl.vllm_cpu import SYNC_LOG_ENV, weights_digest
 
     assets = tiny_cpu_assets(attention="vllm_cpu")
     out = tmp_path / "vllm"
@@ -87,7 +111,6 @@ def test_meds_dapo_with_the_vllm_rollout(tmp_path, monkeypatch):
     # The hf-rollout test's batch (tests/e2e/test_tiny_cpu.py): one problem repeated, so answers repeat and MEDS
     # penalises them within 2 steps.
     overrides = [
-        "+rollout_engine=vllm_cpu",
         "trainer.total_training_steps=2",
         "data.train_max_samples=1",
         "data.train_batch_size=1",
@@ -98,20 +121,11 @@ def test_meds_dapo_with_the_vllm_rollout(tmp_path, monkeypatch):
         "trainer.save_freq=1",
         "meds.shaping.penalty_target=both",
     ]
-    shm_before = shm_segments()
-    run = RecipeRun("meds_dapo", out, assets, overrides)
-    run.args[0] = str(VLLM_PYTHON)
-    try:
-        run.start()
-        code = run.wait(RUN_TIMEOUT_S)
-        assert code == 0, f"run failed ({code}):\n{run.log_tail()}"
-    finally:
-        run.cleanup()
-        remove_stale_shm(shm_before)
-    assert not (shm_segments() - shm_before - segments_in_use()), "shared-memory segments left behind"
+    run, code = run_in_vllm_env(out, assets, overrides, RUN_TIMEOUT_S)
+    assert code == 0, f"run failed ({code}):\n{run_log(run)}"
 
     steps = run.steps_logged(0)
-    assert sorted(steps) == [1, 2], run.log_tail()
+    assert sorted(steps) == [1, 2], run_log(run)
     # What the hf-rollout e2e test checks.
     for step in (1, 2):
         keys = steps[step]
@@ -150,3 +164,26 @@ def test_meds_dapo_with_the_vllm_rollout(tmp_path, monkeypatch):
             f"timing_s/gen {steps[step].get('timing_s/gen', float('nan')):.1f}, "
             f"timing_s/update_weights {steps[step].get('timing_s/update_weights', float('nan')):.2f}"
         )
+
+
+def test_a_failing_weight_load_ends_the_run_with_the_stage_named(vllm_env, tmp_path, monkeypatch):
+    """verl's own extension cannot load into vLLM's repacked CPU layers (docs/vllm-cpu.md, blocker 5); its sender
+    then waits forever. The stage watchdog turns that into an error naming the weight sync."""
+    from data_prep.assets import tiny_cpu_assets
+
+    monkeypatch.setenv("VLLM_TARGET_DEVICE", "cpu")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    stock = "verl.workers.rollout.vllm_rollout.utils.vLLMColocateWorkerExtension"
+    overrides = [
+        "trainer.total_training_steps=2",
+        f"actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls={stock}",
+        "actor_rollout_ref.rollout.custom.stage_watchdog.weight_sync_s=60",
+    ]
+    run, code = run_in_vllm_env(tmp_path / "stock", tiny_cpu_assets(attention="vllm_cpu"), overrides, RUN_TIMEOUT_S)
+    log = run_log(run, 2_000_000)
+    assert code != 0, log[-3000:]
+    assert "'Parameter' object has no attribute 'weight_loader'" in log, log[-3000:]
+    assert "StageTimeoutError" in log and (
+        "stage 'weight sync (FSDP actor -> rollout server)' did not finish within 60 s" in log
+    ), log[-3000:]
+    assert run.steps_logged(0) == {}

@@ -48,6 +48,8 @@ def test_vllm_cpu_option_composes_and_validates(method):
     manager = config.actor_rollout_ref.rollout.agent.agent_loop_manager_class
     assert load_class_from_fqn(manager, "AgentLoopManager") is WatchedAgentLoopManager
     assert WatchdogConfig.from_trainer_config(config) == WatchdogConfig(weight_sync_s=300.0, generate_s=900.0)
+    assert WatchdogConfig.from_custom(rollout.custom) == WatchdogConfig(weight_sync_s=300.0, generate_s=900.0)
+    assert rollout.checkpoint_engine.custom_backend_module == "verl_meds.verl.watchdog_hook"
     # Everything else is the tiny setup's: the option changes only the rollout engine.
     plain = compose(f"method={method}")
     assert config.data == plain.data and config.actor_rollout_ref.actor == plain.actor_rollout_ref.actor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -40,17 +41,18 @@ def test_stage_that_sleeps_forever_ends_with_an_error_naming_it():
 
 
 def test_config_block_defaults_and_validation():
-    assert WatchdogConfig.from_trainer_config({}) == WatchdogConfig()
-    config = {"stage_watchdog": {"weight_sync_s": 5, "generate_s": None}}
-    assert WatchdogConfig.from_trainer_config(config) == WatchdogConfig(weight_sync_s=5.0, generate_s=None)
+    assert WatchdogConfig.from_custom(None) == WatchdogConfig.from_custom({}) == WatchdogConfig()
+    custom = {"stage_watchdog": {"weight_sync_s": 5, "generate_s": None}}
+    assert WatchdogConfig.from_custom(custom) == WatchdogConfig(weight_sync_s=5.0, generate_s=None)
     with pytest.raises(ValueError, match="unknown keys in stage_watchdog: \\['sync_s'\\]"):
-        WatchdogConfig.from_trainer_config({"stage_watchdog": {"sync_s": 5}})
+        WatchdogConfig.from_custom({"stage_watchdog": {"sync_s": 5}})
     with pytest.raises(ValueError, match="weight_sync_s must be > 0"):
         WatchdogConfig(weight_sync_s=0)
 
 
 def test_weight_sync_of_verl_is_bounded(monkeypatch):
-    """The bound goes onto verl's CheckpointEngineManager.update_weights (restored after the test)."""
+    """The bound goes onto verl's CheckpointEngineManager.update_weights (restored after the test) and is read from
+    the replicas' rollout config at each call."""
     from verl.checkpoint_engine import CheckpointEngineManager
 
     calls = []
@@ -60,16 +62,35 @@ def test_weight_sync_of_verl_is_bounded(monkeypatch):
         hang_forever()
 
     monkeypatch.setattr(CheckpointEngineManager, "update_weights", stuck_update)
-    monkeypatch.setattr(watchdog, "_weight_sync_bound", [None])
-    watchdog.watch_weight_sync(0.2)
-    watchdog.watch_weight_sync(0.2)  # idempotent: wrapped once
+    watchdog.watch_weight_sync()
+    watchdog.watch_weight_sync()  # idempotent: wrapped once
     wrapped = CheckpointEngineManager.update_weights
     assert watchdog.is_watched(wrapped) and wrapped.__wrapped__ is stuck_update
     manager = object.__new__(CheckpointEngineManager)
-    with pytest.raises(StageTimeoutError, match=r"weight sync \(FSDP actor -> rollout server\).*weight_sync_s"):
+    rollout_config = SimpleNamespace(custom={"stage_watchdog": {"weight_sync_s": 0.2}})
+    manager.replicas = [SimpleNamespace(config=rollout_config)]
+    with pytest.raises(
+        StageTimeoutError, match=r"weight sync \(FSDP actor -> rollout server\).*weight_sync_s"
+    ) as info:
         manager.update_weights(3)
-    assert calls == [3]
-    assert WEIGHT_SYNC in str(StageTimeoutError(WEIGHT_SYNC, 1.0))
+    assert calls == [3] and info.value.stage == WEIGHT_SYNC and info.value.timeout_s == 0.2
+
+
+def test_the_hook_module_bounds_weight_syncs_on_import(monkeypatch):
+    """What verl's checkpoint_engine.custom_backend_module import does in the trainer's process."""
+    import importlib
+    import sys
+
+    from verl.checkpoint_engine import CheckpointEngineManager
+
+    monkeypatch.setattr(CheckpointEngineManager, "update_weights", lambda self, global_steps=None: "synced")
+    monkeypatch.delitem(sys.modules, "verl_meds.verl.watchdog_hook", raising=False)
+    assert not watchdog.is_watched(CheckpointEngineManager.update_weights)
+    importlib.import_module("verl_meds.verl.watchdog_hook")
+    assert watchdog.is_watched(CheckpointEngineManager.update_weights)
+    manager = object.__new__(CheckpointEngineManager)
+    manager.replicas = []
+    assert manager.update_weights(1) == "synced"
 
 
 def test_generate_of_the_watched_agent_loop_manager_is_bounded(monkeypatch):

@@ -3,31 +3,39 @@
 Without it, a failure inside verl's rollout can turn into a silent hang: in verl 0.9.1 the weight sync sends each
 bucket over a ZeroMQ socket and waits for the vLLM worker's acknowledgement with a blocking ``recv`` and no
 timeout, so when the worker fails to load a bucket the trainer waits forever (docs/vllm-cpu.md, "No silent hang").
-The watchdog bounds the two rollout stages that the driver waits on:
+The watchdog bounds the two rollout stages that the trainer waits on:
 
-- **weight sync** (``CheckpointEngineManager.update_weights``: FSDP actor -> rollout servers, every step and once
-  before the first step), bounded by ``stage_watchdog.weight_sync_s``;
+- **weight sync** (``CheckpointEngineManager.update_weights``: FSDP actor -> rollout servers, once before the first
+  step and after every step), bounded by ``weight_sync_s``;
 - **generate** (``AgentLoopManager.generate_sequences``: the agent loop's rollouts of one training or validation
-  batch), bounded by ``stage_watchdog.generate_s``.
+  batch), bounded by ``generate_s``.
 
 A stage that runs past its bound raises :class:`StageTimeoutError` in the trainer, which ends the run; verl's
 shutdown of Ray then ends the stuck workers. The stage runs in a helper thread while the trainer waits on it with a
 deadline (a blocked ``recv`` or ``ray.get`` cannot be interrupted from outside); the helper thread is a daemon and
 is abandoned with the run.
 
-How it is switched on, with verl's own extension point and no edit of verl's files: the agent-loop manager is
-configurable (``actor_rollout_ref.rollout.agent.agent_loop_manager_class``), and
-:class:`WatchedAgentLoopManager` is verl's TransferQueue manager whose ``generate_sequences`` runs under the
-watchdog. Creating it (in verl's task runner, before training starts) also puts the weight-sync bound on verl's
-``CheckpointEngineManager.update_weights`` in that process. The recipe option ``rollout=vllm_cpu`` selects both
-(``recipes/meds/config/rollout/vllm_cpu.yaml``). The bounds cover the synchronous trainers (``sync`` and the MEDS
-trainer), which call both stages from plain code.
+Switched on with verl's own extension points, no verl file changed (``recipes/meds/config/rollout_engine/
+vllm_cpu.yaml`` sets all three keys):
+
+- ``actor_rollout_ref.rollout.checkpoint_engine.custom_backend_module=verl_meds.verl.watchdog_hook``: verl imports
+  that module when it builds its ``CheckpointEngineManager`` (in the trainer's process, before the first weight
+  sync), and the import bounds ``CheckpointEngineManager.update_weights`` in that process (:func:`watch_weight_sync`);
+  importing this module alone changes nothing;
+- ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=verl_meds.verl.watchdog.WatchedAgentLoopManager``:
+  verl's TransferQueue agent-loop manager whose ``generate_sequences`` runs under the watchdog;
+- the bounds, in seconds (``null``: unbounded), in verl's free-form rollout block ``custom``, read at every call:
 
 ```yaml
-stage_watchdog:
-  weight_sync_s: 600   # seconds; null = no bound
-  generate_s: 1800
+actor_rollout_ref:
+  rollout:
+    custom:
+      stage_watchdog:
+        weight_sync_s: 300
+        generate_s: 900
 ```
+
+The bounds cover the synchronous trainers (``sync`` and the MEDS trainer), which call both stages from plain code.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONFIG_KEY = "stage_watchdog"
-"""Top-level config block of the bounds (verl's own config classes reject unknown keys in their blocks)."""
+"""Key of the bounds in ``actor_rollout_ref.rollout.custom`` (verl's free-form block of the rollout config)."""
 
 WEIGHT_SYNC = "weight sync (FSDP actor -> rollout server)"
 GENERATE = "generate (agent loop -> rollout server)"
@@ -86,18 +94,23 @@ class WatchdogConfig:
                 raise ValueError(f"{CONFIG_KEY}.{name} must be > 0 or null, got {value}")
 
     @classmethod
-    def from_trainer_config(cls, config: Any) -> WatchdogConfig:
-        """The ``stage_watchdog`` block of a verl config (defaults where it or a key is missing).
+    def from_custom(cls, custom: Any) -> WatchdogConfig:
+        """The bounds in a rollout config's ``custom`` block (a dict, a DictConfig or `None`; defaults when missing).
 
         Raises:
             ValueError: on a key the block does not know, or a bound that is not positive.
         """
-        block = config.get(CONFIG_KEY) if config is not None else None
+        block = custom.get(CONFIG_KEY) if custom else None
         values = dict(block) if block else {}
         unknown = sorted(set(values) - {"weight_sync_s", "generate_s"})
         if unknown:
             raise ValueError(f"unknown keys in {CONFIG_KEY}: {unknown}; valid keys: ['generate_s', 'weight_sync_s']")
         return cls(**{k: None if v is None else float(v) for k, v in values.items()})
+
+    @classmethod
+    def from_trainer_config(cls, config: Any) -> WatchdogConfig:
+        """The bounds of a verl trainer config (``actor_rollout_ref.rollout.custom.stage_watchdog``)."""
+        return cls.from_custom(config.actor_rollout_ref.rollout.get("custom"))
 
 
 def run_stage(stage: str, fn: Callable[[], T], timeout_s: float | None, hint: str = "") -> T:
@@ -166,29 +179,29 @@ def is_watched(method: Any) -> bool:
     return getattr(method, "__stage_watchdog__", None) is not None
 
 
-_weight_sync_bound: list[float | None] = [None]
-"""The weight-sync bound of this process (set by :func:`watch_weight_sync`; read at each call)."""
+def _weight_sync_bound(manager: Any) -> float | None:
+    """The weight-sync bound of a ``CheckpointEngineManager``, from its replicas' rollout config."""
+    replicas = getattr(manager, "replicas", None) or []
+    return WatchdogConfig.from_custom(replicas[0].config.custom).weight_sync_s if replicas else None
 
 
-def watch_weight_sync(timeout_s: float | None) -> None:
-    """Bound verl's ``CheckpointEngineManager.update_weights`` in this process (idempotent; the last bound wins).
+def watch_weight_sync() -> None:
+    """Bound verl's ``CheckpointEngineManager.update_weights`` in this process (idempotent).
 
-    Args:
-        timeout_s (`float`, *optional*): seconds per weight sync; `None` removes the bound (the wrapper then calls
-            verl's method directly).
+    The bound is read at every call from the manager's rollout config (``custom.stage_watchdog.weight_sync_s``,
+    default `WatchdogConfig.weight_sync_s`).
     """
     from verl.checkpoint_engine import CheckpointEngineManager
 
-    _weight_sync_bound[0] = timeout_s
     if not is_watched(CheckpointEngineManager.update_weights):
         CheckpointEngineManager.update_weights = watched(
             WEIGHT_SYNC,
             CheckpointEngineManager.update_weights,
-            lambda self: _weight_sync_bound[0],
-            hint=f"the actor or a rollout worker is stuck or died (see their logs); {CONFIG_KEY}.weight_sync_s "
-            "sets the bound",
+            _weight_sync_bound,
+            hint=f"the actor or a rollout worker is stuck or died (see their logs); rollout.custom.{CONFIG_KEY}."
+            "weight_sync_s sets the bound",
         )
-    logger.info("stage watchdog: weight sync bounded by %s s", timeout_s)
+        logger.info("stage watchdog: weight syncs are bounded")
 
 
 def _agent_loop_manager_base():
@@ -201,12 +214,12 @@ class WatchedAgentLoopManager(_agent_loop_manager_base()):
     """verl's TransferQueue agent-loop manager with the stage watchdog (module docstring).
 
     Select it with ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=
-    verl_meds.verl.watchdog.WatchedAgentLoopManager``; the bounds come from the config's ``stage_watchdog`` block.
+    verl_meds.verl.watchdog.WatchedAgentLoopManager``; the bounds come from ``rollout.custom.stage_watchdog``.
     """
 
     def __init__(self, config, *args: Any, **kwargs: Any) -> None:
         self.watchdog = WatchdogConfig.from_trainer_config(config)
-        watch_weight_sync(self.watchdog.weight_sync_s)
+        watch_weight_sync()  # the syncs after this point, also when custom_backend_module is not set
         super().__init__(config, *args, **kwargs)
 
     def generate_sequences(self, prompts):
@@ -215,6 +228,6 @@ class WatchedAgentLoopManager(_agent_loop_manager_base()):
             GENERATE,
             lambda: super(WatchedAgentLoopManager, self).generate_sequences(prompts),
             self.watchdog.generate_s,
-            hint=f"a rollout server or agent-loop worker is stuck or died (see their logs); {CONFIG_KEY}.generate_s "
-            "sets the bound",
+            hint="a rollout server or agent-loop worker is stuck or died (see their logs); "
+            f"rollout.custom.{CONFIG_KEY}.generate_s sets the bound",
         )
