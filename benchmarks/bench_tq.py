@@ -10,6 +10,11 @@ outside verl, with 8,192 rows:
 - `meds_shaping` I/O: read the token-level scores and uids, write the shaped scores back;
 - the grading metrics: read the extra fields.
 
+It times two layouts of that I/O side by side: `before` (each stage reads what it needs: prompts included, extra
+fields twice, the scores read and written back for every row) and `now` (what `MEDSTrainer` does: one read of
+`STEP_FIELDS` before the log-prob call, prompt lengths from verl's tags, the extra fields and scores reused, only
+the rows whose reward changed written back; `--changed-frac` of the rows, default 0.5).
+
 Run: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_tq.py [--rows 8192] [--tokens 3072] [--repeats 3]`
 """
 
@@ -26,6 +31,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=3072)
     parser.add_argument("--prompt-tokens", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--changed-frac", type=float, default=0.5)
     args = parser.parse_args()
 
     import numpy as np
@@ -34,7 +40,7 @@ def main() -> None:
     import transfer_queue as tq
     from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
-    from verl_meds.verl.trainer import tq_fields
+    from verl_meds.verl.trainer import STEP_FIELDS, tq_fields
     from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY
 
     torch.set_num_threads(1)
@@ -94,21 +100,61 @@ def main() -> None:
         data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["extra_fields"])
         list(data["extra_fields"])
 
-    parts = {"meds_prepare I/O": prepare, "meds_features I/O": read_features, "meds_shaping I/O": shaping}
-    parts["grading metrics read"] = grading_info
-    times = {name: [] for name in parts}
+    changed = [k for i, k in enumerate(keys) if (i * 7919) % 1000 < args.changed_frac * 1000]
+
+    def prepare_now():
+        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=STEP_FIELDS)
+        responses = data["responses"].to_padded_tensor(padding=0)  # (N, T)
+        data["response_mask"].to_padded_tensor(padding=0)  # (N, T)
+        list(data["extra_fields"])
+        list(data["extra_info"])
+        list(data["uid"])
+        prepare_now.scores = list(data["rm_scores"].unbind())
+        positions = torch.full((responses.shape[0],), 5, dtype=torch.long)
+        tq.kv_batch_put(
+            keys=keys,
+            partition_id="train",
+            fields=tq_fields({PRED_POS_KEY: positions, ANSWER_TOKEN_KEY: positions}, n),
+        )
+
+    def shaping_now():
+        index = {k: i for i, k in enumerate(keys)}
+        rows = [prepare_now.scores[index[k]].clone() for k in changed]
+        nested = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+        tq.kv_batch_put(keys=changed, partition_id="train", fields=tq_fields({"rm_scores": nested}, len(changed)))
+
+    layouts = {
+        "before": {
+            "meds_prepare I/O": prepare,
+            "meds_features I/O": read_features,
+            "meds_shaping I/O": shaping,
+            "grading metrics read": grading_info,
+        },
+        "now": {
+            "meds_prepare I/O": prepare_now,
+            "meds_features I/O": read_features,
+            "meds_shaping I/O": shaping_now,
+            "grading metrics read": lambda: None,
+        },
+    }
+    times = {(layout, name): [] for layout, parts in layouts.items() for name in parts}
     for _ in range(args.repeats):
-        for name, fn in parts.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    total = 0.0
-    print(f"{'per step, median of ' + str(args.repeats):<28} {'seconds':>8}")
-    for name, values in times.items():
-        median = statistics.median(values)
-        total += median
-        print(f"{name:<28} {median:8.2f}")
-    print(f"{'all TransferQueue I/O':<28} {total:8.2f}")
+        for layout, parts in layouts.items():
+            for name, fn in parts.items():
+                start = time.perf_counter()
+                fn()
+                times[layout, name].append(time.perf_counter() - start)
+    print(f"{'per step, median of ' + str(args.repeats):<28} {'before':>8} {'now':>8} {'ratio':>7}")
+    totals = {"before": 0.0, "now": 0.0}
+    for name in layouts["before"]:
+        before = statistics.median(times["before", name])
+        now = statistics.median(times["now", name])
+        totals["before"] += before
+        totals["now"] += now
+        ratio = f"{before / now:6.1f}x" if now > 1e-4 else "   n/a"
+        print(f"{name:<28} {before:8.2f} {now:8.2f} {ratio}")
+    ratio = totals["before"] / totals["now"]
+    print(f"{'all TransferQueue I/O':<28} {totals['before']:8.2f} {totals['now']:8.2f} {ratio:6.1f}x")
     tq.close()
     ray.shutdown()
 

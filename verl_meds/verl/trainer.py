@@ -96,21 +96,54 @@ def model_num_layers(config: DictConfig) -> int:
     return int(hf_config.num_hidden_layers)
 
 
-def stable_prompt_ids(extra_infos: list, prompts: list[torch.Tensor], prompt_key: str) -> list[str]:
+def stable_prompt_ids(extra_infos: list, prompts: list[torch.Tensor] | None, prompt_key: str) -> list[str]:
     """Stable id of each rollout's prompt: ``extra_info[prompt_key]`` when present, else a hash of the prompt ids.
 
     The fallback is ``"sha1:" + sha1(int64 little-endian bytes of the prompt token ids)``, which is the same for the
     same prompt in every step (verl's ``uid`` is not: it is a new uuid4 per batch).
+
+    Args:
+        extra_infos (`list` of length N): each row's dataset ``extra_info`` (a dict, or `None`).
+        prompts (`list[torch.Tensor]` of length N, *optional*): each row's prompt ids; needed only when a row's
+            ``extra_info`` lacks ``prompt_key``.
+        prompt_key (`str`): the ``extra_info`` field that identifies a prompt.
+
+    Raises:
+        ValueError: if a row needs the hash and ``prompts`` is `None`.
     """
     ids = []
-    for info, prompt in zip(extra_infos, prompts, strict=True):
+    for row, info in enumerate(extra_infos):
         value = info.get(prompt_key) if isinstance(info, dict) else None
-        if value is None:
-            digest = hashlib.sha1(prompt.to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()
-            ids.append(f"sha1:{digest}")
-        else:
+        if value is not None:
             ids.append(str(value))
+            continue
+        if prompts is None:
+            raise ValueError(f"row {row} has no extra_info[{prompt_key!r}]; its prompt ids are needed for the hash")
+        digest = hashlib.sha1(prompts[row].to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()
+        ids.append(f"sha1:{digest}")
+    if prompts is not None and len(prompts) != len(extra_infos):
+        raise ValueError(f"{len(extra_infos)} extra_info rows but {len(prompts)} prompts")
     return ids
+
+
+STEP_FIELDS = ["responses", "response_mask", "extra_info", "extra_fields", "rm_scores", "uid"]
+"""TransferQueue fields the MEDS step reads, in one call per step, before verl's log-prob recompute (verl wrote the
+rewards already); the advantage stage reuses them instead of reading again."""
+
+
+def real_rows(tags: list[dict]) -> np.ndarray:
+    """`np.ndarray` of shape `(N,)`, bool: False for the synthetic padding rows verl adds to make a batch divisible
+    by the data-parallel size (tag ``is_padding``; they copy a real row's prompt and reward info)."""
+    return np.array([not bool(tag.get("is_padding", False)) for tag in tags], dtype=bool)
+
+
+def prompt_lengths(tags: list[dict]) -> torch.Tensor | None:
+    """`torch.LongTensor` of shape `(N,)`: the prompt length verl's agent loop put in each row's tag
+    (``prompt_len``), or `None` when a tag lacks it (the caller then reads the prompts)."""
+    values = [tag.get("prompt_len") for tag in tags]
+    if any(not isinstance(v, (int, np.integer)) or isinstance(v, bool) for v in values):
+        return None
+    return torch.tensor(values, dtype=torch.long)
 
 
 def shaped_token_scores(scores: list[torch.Tensor], rewards: torch.Tensor, shaped: torch.Tensor) -> list[torch.Tensor]:
@@ -287,13 +320,21 @@ class MEDSTrainer(PPOTrainerSync):
         if not self.meds_enabled:
             return super()._compute_old_log_prob(batch, metrics)
         lap = time.perf_counter()
-        fields = ["prompts", "responses", "response_mask", "extra_info", "extra_fields"]
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
-        prompts = list(data["prompts"].unbind())
+        n = len(batch)
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=STEP_FIELDS)
         responses = data["responses"].to_padded_tensor(padding=self.tokenizer.pad_token_id or 0)  # (N, T)
         response_mask = data["response_mask"].to_padded_tensor(padding=0)  # (N, T)
+        extra_fields = list(data["extra_fields"])
+        extra_infos = list(data["extra_info"]) if "extra_info" in data.keys() else [None] * n
+        real = real_rows(batch.tags)  # (N,) bool, False for verl's synthetic padding rows
+        prompts = None
+        prompt_len = prompt_lengths(batch.tags)  # (N,) or None when a tag lacks it
+        key = self.meds_config.memory.prompt_key
+        if prompt_len is None or not all(isinstance(i, dict) and i.get(key) is not None for i in extra_infos):
+            out = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts"])
+            prompts = list(out["prompts"].unbind())
+            prompt_len = torch.tensor([p.numel() for p in prompts], dtype=torch.long)
         answer_index = locate_answer_tokens(responses, response_mask, self.tokenizer)  # (N,), -1 = none
-        prompt_len = torch.tensor([p.numel() for p in prompts], dtype=torch.long)  # (N,)
         has_answer = answer_index >= 0
         pred_pos = torch.where(has_answer, prompt_len + answer_index - 1, torch.full_like(answer_index, -1))
         answer_token = torch.where(
@@ -305,7 +346,7 @@ class MEDSTrainer(PPOTrainerSync):
             tq.kv_batch_put(
                 keys=batch.keys,
                 partition_id=batch.partition_id,
-                fields=tq_fields({PRED_POS_KEY: pred_pos, ANSWER_TOKEN_KEY: answer_token}, len(batch)),
+                fields=tq_fields({PRED_POS_KEY: pred_pos, ANSWER_TOKEN_KEY: answer_token}, n),
             )
             batch.extra_info.update(
                 {
@@ -324,26 +365,25 @@ class MEDSTrainer(PPOTrainerSync):
             out = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[FEATURES_KEY])
             raw = out[FEATURES_KEY].to_padded_tensor(padding=float("nan"))  # (N, L_sel)
         else:
-            raw = torch.full((len(prompts), len(self.meds_layers)), float("nan"))  # (N, L_sel), nothing captured
+            raw = torch.full((n, len(self.meds_layers)), float("nan"))  # (N, L_sel), nothing captured
         features = finalize_features(raw, self.meds_config.features.diff).numpy()  # (N, F)
         has_feature = has_answer.numpy() & np.isfinite(features).all(axis=1)
         valid = has_feature
         answer_keys = None
         if keyed:
-            answer_keys, key_metrics = batch_answer_keys(
-                self.tokenizer, responses, response_mask, list(data["extra_fields"])
-            )
+            answer_keys, key_metrics = batch_answer_keys(self.tokenizer, responses, response_mask, extra_fields)
             metrics.update(key_metrics)
             valid = np.array([key is not None for key in answer_keys], dtype=bool)
         lap = self._meds_lap("features", lap)
 
-        extra_infos = list(data["extra_info"]) if "extra_info" in data.keys() else [None] * len(prompts)
-        prompt_ids = stable_prompt_ids(extra_infos, prompts, self.meds_config.memory.prompt_key)
-        correct = np.array([_accuracy(f) for f in data["extra_fields"]], dtype=bool)
+        prompt_ids = stable_prompt_ids(extra_infos, prompts, key)
+        correct = np.array([_accuracy(f) for f in extra_fields], dtype=bool)
         # verl reorders the batch to balance workers; visiting rows in a fixed order (prompt id, then rollout index)
         # makes the memory, and so every penalty, independent of that order and of the number of workers.
+        # verl's synthetic padding rows (copies of a real row's prompt and reward info) never reach the memory.
         tiebreak = content_tiebreak(responses, response_mask, features)
         order = canonical_order(prompt_ids, list(batch.keys), tiebreak=tiebreak)
+        order = order[real[order]]
         sorted_sizes, memory_metrics = self.meds_memory.step(
             [prompt_ids[r] for r in order],
             features[order].astype(np.float32),
@@ -351,13 +391,13 @@ class MEDSTrainer(PPOTrainerSync):
             correct[order],
             answer_keys=[answer_keys[r] for r in order] if keyed else None,
         )
-        sizes = np.empty_like(sorted_sizes)
+        sizes = np.zeros(n, dtype=np.int64)
         sizes[order] = sorted_sizes
         shaping = self.meds_config.shaping
         penalties = penalty_from_cluster_sizes(torch.as_tensor(sizes), shaping.alpha, shaping.beta)  # (N,)
         self._meds_lap("memory", lap)
         if self.dump is not None:
-            infos = [f.get("reward_extra_info", {}) if isinstance(f, dict) else {} for f in data["extra_fields"]]
+            infos = [f.get("reward_extra_info", {}) if isinstance(f, dict) else {} for f in extra_fields]
             texts = None
             if self.dump_config.responses:
                 texts = [self.tokenizer.decode(r[m.bool()]) for r, m in zip(responses, response_mask, strict=True)]
@@ -374,15 +414,28 @@ class MEDSTrainer(PPOTrainerSync):
                 penalties.numpy(),
                 texts,
             )
-        self._meds_step = {"keys": list(batch.keys), "penalties": penalties, "correct": torch.as_tensor(correct)}
+        self._meds_step = {
+            "keys": list(batch.keys),
+            "penalties": penalties,
+            "correct": torch.as_tensor(correct),
+            "real": torch.as_tensor(real),
+            "extra_fields": extra_fields,
+            "scores": list(data["rm_scores"].unbind()) if "rm_scores" in data.keys() else None,
+            "uids": list(data["uid"]) if "uid" in data.keys() else None,
+        }
         metrics.update(memory_metrics)
-        metrics["meds/features/answer_found_frac"] = float(has_answer.float().mean()) if len(prompts) else 0.0
+        metrics["meds/features/answer_found_frac"] = float(has_answer[real].float().mean()) if real.any() else 0.0
         return batch
 
     # ------------------------------------------------------------------ 2. shaped rewards -> advantage
     def _compute_advantage(self, batch, metrics: dict):
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
-        metrics.update(grading_metrics(list(data["extra_fields"])))
+        step = self._meds_step
+        if step is not None and step["keys"] == list(batch.keys):
+            extra_fields = step["extra_fields"]  # read once per step, in old_log_prob
+        else:
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+            extra_fields = list(data["extra_fields"])
+        metrics.update(grading_metrics(extra_fields))
         batch = self._compute_shaped_advantage(batch, metrics)
         if self.explore_config.enable:
             batch = self._add_exploration_bonus(batch, metrics)
@@ -401,18 +454,24 @@ class MEDSTrainer(PPOTrainerSync):
         prompts = list(data["prompts"].unbind())
         response_mask_nested = data["response_mask"]
         extra_infos = list(data["extra_info"]) if "extra_info" in data.keys() else [None] * len(prompts)
-        advantages, explore_metrics = explore_advantages(
+        advantages = data["advantages"].to_padded_tensor(padding=0.0)  # (N, T)
+        extra_fields, uids = list(data["extra_fields"]), list(data["uid"])
+        # verl's synthetic padding rows copy a real row's reward info: they must not count as answers.
+        real = np.flatnonzero(real_rows(batch.tags)).tolist()
+        prompt_ids = stable_prompt_ids(extra_infos, prompts, self.explore_config.prompt_key)
+        shaped, explore_metrics = explore_advantages(
             self.explore_config,
             self.explore_counts,
             self.tokenizer,
-            stable_prompt_ids(extra_infos, prompts, self.explore_config.prompt_key),
-            list(data["uid"]),
-            data["responses"].to_padded_tensor(padding=self.tokenizer.pad_token_id or 0),  # (N, T)
-            response_mask_nested.to_padded_tensor(padding=0),  # (N, T)
-            data["advantages"].to_padded_tensor(padding=0.0),  # (N, T)
-            np.array([_accuracy(f) for f in data["extra_fields"]], dtype=bool),
-            extra_fields=list(data["extra_fields"]),
+            [prompt_ids[i] for i in real],
+            [uids[i] for i in real],
+            data["responses"].to_padded_tensor(padding=self.tokenizer.pad_token_id or 0)[real],  # (N_real, T)
+            response_mask_nested.to_padded_tensor(padding=0)[real],  # (N_real, T)
+            advantages[real],  # (N_real, T)
+            np.array([_accuracy(extra_fields[i]) for i in real], dtype=bool),
+            extra_fields=[extra_fields[i] for i in real],
         )
+        advantages[real] = shaped
         from verl.workers.utils.padding import response_to_nested
 
         nested = response_to_nested(advantages, response_mask_nested)
@@ -449,20 +508,30 @@ class MEDSTrainer(PPOTrainerSync):
         if step["keys"] != list(batch.keys):
             raise RuntimeError("MEDS: the batch changed between old_log_prob and advantage; penalties would misalign")
         lap = time.perf_counter()
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores", "uid"])
-        scores = list(data["rm_scores"].unbind())
+        scores, uids = step["scores"], step["uids"]
+        if scores is None or uids is None:
+            fields = ["rm_scores", "uid"]
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+            scores, uids = list(data["rm_scores"].unbind()), list(data["uid"])
         rewards = torch.stack([s.sum() for s in scores]).float()  # (N,)
-        shaped, shaping_metrics = shape_rewards(
-            rewards, step["correct"], step["penalties"], self.meds_config.shaping.penalty_target
+        real = step["real"]  # (N,) bool
+        shaped_real, shaping_metrics = shape_rewards(
+            rewards[real], step["correct"][real], step["penalties"][real], self.meds_config.shaping.penalty_target
         )
-        shaped_scores = shaped_token_scores(scores, rewards, shaped)
-        nested = torch.nested.as_nested_tensor(shaped_scores, layout=torch.jagged)
-        tq.kv_batch_put(
-            keys=batch.keys, partition_id=batch.partition_id, fields=tq_fields({"rm_scores": nested}, len(batch))
-        )
+        shaped = rewards.clone()  # (N,); synthetic padding rows keep their (zero) reward
+        shaped[real] = shaped_real
+        changed = torch.nonzero(shaped != rewards).reshape(-1).tolist()  # NaN != NaN: a NaN row is rewritten too
+        if changed:
+            rows = shaped_token_scores([scores[i] for i in changed], rewards[changed], shaped[changed])
+            nested = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+            tq.kv_batch_put(
+                keys=[batch.keys[i] for i in changed],
+                partition_id=batch.partition_id,
+                fields=tq_fields({"rm_scores": nested}, len(changed)),
+            )
         metrics.update(shaping_metrics)
-        metrics["meds/penalty/count"] = float((step["penalties"] > 0).sum())
-        metrics.update(group_degeneracy(shaped, list(data["uid"])))
+        metrics["meds/penalty/count"] = float((step["penalties"][real] > 0).sum())
+        metrics.update(group_degeneracy(shaped[real], [u for u, r in zip(uids, real.tolist(), strict=True) if r]))
         if self._filter_on_shaped:
             self._drop_flat_groups(batch, shaped, metrics)
         self._meds_lap("shaping", lap)
