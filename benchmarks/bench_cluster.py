@@ -197,11 +197,11 @@ def our_step(config: MEDSConfig, state: dict, batch: tuple, reference: bool) -> 
 
 def footprint(memory: ErrorMemory) -> dict[str, float]:
     """Bytes per stored response: arrays only, and with the per-buffer containers (dict slots, keys, array headers)."""
-    arrays = sum(a.nbytes for a in memory._features.values()) + sum(a.nbytes for a in memory._labels.values())
-    containers = sum(sys.getsizeof(d) for d in (memory._features, memory._labels, memory._truncated_prompts))
-    for key in memory._features:  # the two dicts share their keys: (prompt id, outcome) tuples
+    arrays = sum(a.nbytes for a in memory._entries.values()) + sum(a.nbytes for a in memory._labels.values())
+    containers = sum(sys.getsizeof(d) for d in (memory._entries, memory._labels, memory._truncated_prompts))
+    for key in memory._entries:  # the two dicts share their keys: (prompt id, outcome) tuples
         containers += sys.getsizeof(key) + sys.getsizeof(key[0]) + sys.getsizeof(key[1])
-        for array in (memory._features[key], memory._labels[key]):
+        for array in (memory._entries[key], memory._labels[key]):
             containers += sys.getsizeof(array) - array.nbytes  # the ndarray object itself
     entries = memory.num_entries
     with tempfile.TemporaryDirectory() as folder:

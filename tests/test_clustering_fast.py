@@ -119,4 +119,4 @@ def test_memory_steps_match_the_contrib_computation(monkeypatch):
             sizes_reference, metrics_reference = reference.step(*step)
         assert sizes_fast.tolist() == sizes_reference.tolist() and metrics_fast == metrics_reference
     assert fast._labels[(0, "wrong")].dtype == LABEL_DTYPE
-    assert all(array.base is None for array in (*fast._features.values(), *fast._labels.values()))  # no views kept
+    assert all(array.base is None for array in (*fast._entries.values(), *fast._labels.values()))  # no views kept

@@ -7,9 +7,11 @@ before the step (plus this step's responses, per `ClusterConfig.assignment`; see
 stores the new responses. The state is plain python/numpy, picklable, and round-trips bit for bit through
 [`ErrorMemory.state_dict`] / [`ErrorMemory.load_state_dict`].
 
-With `ClusterConfig.method="answer"` the memory stores answer keys (`verl_meds.answer.answer_key`) instead of feature
-vectors: a response's cluster is the set of stored (and, with `assignment="joint"`, this step's other) responses of
-the same prompt and outcome whose key is equal; buffers, FIFO capacity, metrics and checkpoints are the same.
+What an entry is and how a new one gets its |C| is a [`Clusterer`]'s job; the memory owns the buffers, their FIFO
+capacity, the metrics and the checkpoints. [`FeatureClusterer`] stores feature vectors and clusters them with
+`verl_meds.clustering`. With `ClusterConfig.method="answer"`, [`AnswerKeyClusterer`] stores answer keys
+(`verl_meds.answer.answer_key`) instead: a response's cluster is the set of stored (and, with `assignment="joint"`,
+this step's other) responses of the same prompt and outcome whose key is equal.
 
 Every rank must hold the same memory: call `step` on gathered tensors (or in a single driver process).
 
@@ -39,14 +41,15 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import metrics as M
 from .answer import ANSWER_KEY_VERSION
 from .clustering import cluster_sizes_for_new, largest_cluster_size, num_clusters
-from .config import MEDSConfig
+from .config import ClusterConfig, MEDSConfig
+from .groups import group_rows
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,9 @@ OUTCOMES = ("wrong", "right")
 _TRACKED_OUTCOMES = {"wrong": ("wrong",), "right": ("right",), "both": ("wrong", "right"), "none": ()}
 
 PromptId = str | int
+BufferKey = tuple[PromptId, str]
+Entries = Any
+"""One buffer's entries: a `(M, F)` float32 array (features) or a list of M str (answer keys)."""
 
 
 def _prompt_id(value: Any) -> PromptId:
@@ -78,11 +84,189 @@ def _first_appearance_labels(keys: Sequence[str]) -> np.ndarray:
     return np.array([codes.setdefault(key, len(codes)) for key in keys], dtype=np.int64)  # (M,)
 
 
+class Clusterer(Protocol):
+    """
+    What one memory buffer stores and how new entries get their cluster size |C|.
+
+    `ErrorMemory` owns the buffers (one per prompt and outcome), their FIFO capacity, the metrics and the
+    checkpoints; a clusterer only knows its kind of entry. Entries are an `(M, F)` float32 array
+    ([`FeatureClusterer`]) or a list of M answer keys ([`AnswerKeyClusterer`]).
+
+    Attributes:
+        state_field (`str`):
+            Name of the entries in a saved buffer (`"features"` or `"answer_keys"`).
+        num_features (`int` or `None`):
+            F of stored feature vectors; `None` while there are none (always for answer keys).
+    """
+
+    state_field: str
+    num_features: int | None
+
+    def inputs(
+        self, valid: np.ndarray, features: np.ndarray | None, answer_keys: Sequence[str | None] | None
+    ) -> tuple[Entries, np.ndarray]:
+        """Entries of the N rows of one step and which are usable (`valid` and complete, `(N,)` bool); checks them."""
+
+    def select(self, step_entries: Entries, rows: list[int]) -> Entries:
+        """The entries of `rows` (in that order)."""
+
+    def assign(
+        self, old: Entries | None, new: Entries, old_labels: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, Entries]:
+        """|C| of each new entry `(n,)` int64, the labels `(m + n,)` int64 of old + new, and old + new."""
+
+    def keep_newest(self, entries: Entries, labels: np.ndarray, count: int) -> tuple[Entries, np.ndarray]:
+        """The newest `count` entries and their labels (copies, so that the dropped entries are freed)."""
+
+    def save(self, entries: Entries) -> Any:
+        """A copy of `entries` for `ErrorMemory.state_dict`."""
+
+    def load(self, buffer: Mapping[str, Any], key: BufferKey, num_features: int | None) -> tuple[Entries, np.ndarray]:
+        """Entries and labels `(M,)` int64 of a saved buffer; raises `ValueError` when it is malformed."""
+
+
+class FeatureClusterer:
+    """
+    Entries are logit-lens feature vectors; |C| comes from `verl_meds.clustering.cluster_sizes_for_new`.
+
+    Args:
+        config (`ClusterConfig`):
+            Clustering options (`method` `"hdbscan"` or `"single"`).
+
+    Attributes:
+        num_features (`int` or `None`):
+            F of the stored entries, `None` while the memory is empty (new rows must match it).
+    """
+
+    state_field = "features"
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.num_features: int | None = None
+
+    def inputs(
+        self, valid: np.ndarray, features: np.ndarray | None, answer_keys: Sequence[str | None] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        num_rows = valid.shape[0]
+        if answer_keys is not None:
+            raise ValueError(
+                f"answer_keys are only used with clustering.method='answer'; this memory clusters features "
+                f"(method={self.config.method!r})."
+            )
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[0] != num_rows:
+            raise ValueError(f"features must have shape (N, F) with N={num_rows}, got {features.shape}.")
+        usable = valid & np.isfinite(features).all(axis=1)  # (N,)
+        if usable.any() and self.num_features is not None and features.shape[1] != self.num_features:
+            raise ValueError(f"features have F={features.shape[1]} but the memory stores F={self.num_features}.")
+        return features, usable
+
+    def select(self, step_entries: np.ndarray, rows: list[int]) -> np.ndarray:
+        return step_entries[rows]  # (n, F)
+
+    def assign(
+        self, old: np.ndarray | None, new: np.ndarray, old_labels: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if old is None:
+            old = np.empty((0, new.shape[1]), dtype=np.float32)  # (m = 0, F)
+        sizes, labels = cluster_sizes_for_new(old, new, self.config, old_labels)
+        self.num_features = new.shape[1]
+        return sizes, labels, np.concatenate([old, new], axis=0)  # (m + n, F)
+
+    def keep_newest(self, entries: np.ndarray, labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        entries = np.ascontiguousarray(entries[entries.shape[0] - count :], dtype=np.float32).copy()
+        return entries, labels[labels.shape[0] - count :].astype(LABEL_DTYPE)
+
+    def save(self, entries: np.ndarray) -> np.ndarray:
+        return entries.copy()
+
+    def load(
+        self, buffer: Mapping[str, Any], key: BufferKey, num_features: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.array(buffer["features"], dtype=np.float32, copy=True)
+        labels = np.array(buffer["labels"], dtype=np.int64, copy=True)
+        if rows.ndim != 2 or rows.shape[1] != num_features or labels.shape != (rows.shape[0],):
+            raise ValueError(
+                f"buffer {key} has features {rows.shape} and labels {labels.shape}; expected (M, "
+                f"{num_features}) and (M,)."
+            )
+        if not np.array_equal(labels.astype(LABEL_DTYPE), labels):
+            raise ValueError(f"buffer {key} has labels outside the {np.dtype(LABEL_DTYPE).name} range.")
+        return rows, labels
+
+
+class AnswerKeyClusterer:
+    """
+    Entries are answer keys (`verl_meds.answer.answer_key`); a cluster is the set of entries with one key.
+
+    With `assignment="joint"` |C| counts the stored and the other new entries with the key of the new entry, with
+    `"knn"` only the stored ones. Labels number the keys of a buffer in order of first appearance.
+
+    Args:
+        config (`ClusterConfig`):
+            Clustering options (`method="answer"`; `assignment` is the only other field used).
+    """
+
+    state_field = "answer_keys"
+    num_features = None
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+
+    def inputs(
+        self, valid: np.ndarray, features: np.ndarray | None, answer_keys: Sequence[str | None] | None
+    ) -> tuple[list[str | None], np.ndarray]:
+        num_rows = valid.shape[0]
+        if answer_keys is None:
+            raise ValueError("clustering.method='answer' needs answer_keys (one str or None per response).")
+        keys = list(answer_keys)
+        if len(keys) != num_rows:
+            raise ValueError(f"answer_keys must have length N={num_rows}, got {len(keys)}.")
+        for key in keys:
+            if key is not None and not isinstance(key, str):
+                raise ValueError(f"answer_keys must hold str or None, got {type(key).__name__} {key!r}.")
+        return keys, valid & np.array([key is not None for key in keys], dtype=bool)  # (N,)
+
+    def select(self, step_entries: list[str], rows: list[int]) -> list[str]:
+        return [step_entries[row] for row in rows]
+
+    def assign(
+        self, old: list[str] | None, new: list[str], old_labels: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        old = old or []
+        history, current = Counter(old), Counter(new)
+        extra = 1 if self.config.assignment == "joint" else 0
+        sizes = [history[key] + extra * (current[key] - 1) for key in new]
+        stored = old + new
+        return np.array(sizes, dtype=np.int64), _first_appearance_labels(stored), stored
+
+    def keep_newest(self, entries: list[str], labels: np.ndarray, count: int) -> tuple[list[str], np.ndarray]:
+        entries = entries[len(entries) - count :]
+        return entries, _first_appearance_labels(entries).astype(LABEL_DTYPE)
+
+    def save(self, entries: list[str]) -> list[str]:
+        return list(entries)
+
+    def load(
+        self, buffer: Mapping[str, Any], key: BufferKey, num_features: int | None
+    ) -> tuple[list[str], np.ndarray]:
+        stored = list(buffer["answer_keys"])
+        if not all(isinstance(item, str) for item in stored):
+            raise ValueError(f"buffer {key} must hold str answer keys, got {stored!r}.")
+        return stored, _first_appearance_labels(stored)
+
+
+def make_clusterer(config: ClusterConfig) -> FeatureClusterer | AnswerKeyClusterer:
+    """The clusterer of `config.method`: answer keys for `"answer"`, feature vectors otherwise."""
+    return AnswerKeyClusterer(config) if config.method == "answer" else FeatureClusterer(config)
+
+
 class ErrorMemory:
     """
-    Per-prompt memory of feature vectors of past responses, used to count how often an error repeats.
+    Per-prompt memory of past responses (feature vectors or answer keys), used to count how often an error repeats.
 
-    `ErrorMemory` ignores `MEDSConfig.enable`; the integration decides whether to call it.
+    `ErrorMemory` ignores `MEDSConfig.enable`; the integration decides whether to call it. What an entry is and how
+    a new one gets its cluster size is the job of its [`Clusterer`] (`make_clusterer(config.clustering)`).
 
     Args:
         config (`MEDSConfig`):
@@ -97,11 +281,10 @@ class ErrorMemory:
         if not isinstance(config, MEDSConfig):
             raise ValueError(f"config must be a MEDSConfig, got {type(config).__name__}.")
         self.config = config
-        self._features: dict[tuple[PromptId, str], np.ndarray] = {}  # (prompt id, outcome) -> (M, F) float32
-        self._labels: dict[tuple[PromptId, str], np.ndarray] = {}  # (prompt id, outcome) -> (M,) LABEL_DTYPE
-        self._keys: dict[tuple[PromptId, str], list[str]] = {}  # (prompt id, outcome) -> M answer keys ("answer")
+        self._clusterer = make_clusterer(config.clustering)
+        self._entries: dict[BufferKey, Entries] = {}  # (prompt id, outcome) -> entries, oldest first
+        self._labels: dict[BufferKey, np.ndarray] = {}  # (prompt id, outcome) -> (M,) LABEL_DTYPE
         self._truncated_prompts: dict[PromptId, None] = {}  # an ordered set
-        self._num_features: int | None = None
         self._warned_truncation = False
 
     # ------------------------------------------------------------------ inspection
@@ -109,37 +292,37 @@ class ErrorMemory:
     @property
     def keyed_by_answer(self) -> bool:
         """Whether entries are answer keys (`clustering.method="answer"`) rather than feature vectors."""
-        return self.config.clustering.method == "answer"
+        return isinstance(self._clusterer, AnswerKeyClusterer)
 
     @property
     def num_entries(self) -> int:
         """Stored entries (feature vectors, or answer keys) over all prompts and outcomes."""
-        return sum(rows.shape[0] for rows in self._features.values()) + sum(len(k) for k in self._keys.values())
+        return sum(len(entries) for entries in self._entries.values())
 
     @property
     def num_prompts(self) -> int:
         """Distinct prompt ids with at least one stored entry."""
-        return len({prompt_id for prompt_id, _ in self._features} | {prompt_id for prompt_id, _ in self._keys})
+        return len({prompt_id for prompt_id, _ in self._entries})
 
     @property
     def num_features(self) -> int | None:
-        """F, fixed by the first stored entry; `None` while the memory is empty."""
-        return self._num_features
+        """F, fixed by the first stored entry; `None` while the memory is empty or keyed by answer."""
+        return self._clusterer.num_features
 
     def __len__(self) -> int:
         return self.num_entries
 
     def entries(self, prompt_id: PromptId, outcome: str = "wrong") -> np.ndarray:
         """Copy of the stored `(M, F)` float32 features of one prompt and outcome, oldest first (M may be 0)."""
-        rows = self._features.get((_prompt_id(prompt_id), outcome))
-        return np.empty((0, self._num_features or 0), dtype=np.float32) if rows is None else rows.copy()
+        rows = None if self.keyed_by_answer else self._entries.get((_prompt_id(prompt_id), outcome))
+        return np.empty((0, self.num_features or 0), dtype=np.float32) if rows is None else rows.copy()
 
     def answer_keys(self, prompt_id: PromptId, outcome: str = "wrong") -> list[str]:
         """Copy of the stored answer keys of one prompt and outcome, oldest first (empty unless keyed by answer)."""
-        return list(self._keys.get((_prompt_id(prompt_id), outcome), []))
+        return list(self._entries.get((_prompt_id(prompt_id), outcome), [])) if self.keyed_by_answer else []
 
     def labels(self, prompt_id: PromptId, outcome: str = "wrong") -> np.ndarray:
-        """Copy of the `(M,)` int64 labels of the last fit of one prompt and outcome, aligned with `entries`."""
+        """Copy of the `(M,)` int64 labels of the last fit of one prompt and outcome, aligned with the entries."""
         labels = self._labels.get((_prompt_id(prompt_id), outcome))
         return np.empty(0, dtype=np.int64) if labels is None else labels.astype(np.int64)
 
@@ -195,19 +378,7 @@ class ErrorMemory:
             raise ValueError(
                 f"valid and correct must have shape ({num_rows},), got {valid.shape} and {correct.shape}."
             )
-        if self.keyed_by_answer:
-            return self._step_answer_keys(ids, valid, correct, answer_keys)
-        if answer_keys is not None:
-            raise ValueError(
-                f"answer_keys are only used with clustering.method='answer'; this memory clusters features "
-                f"(method={self.config.clustering.method!r})."
-            )
-        features = np.asarray(features, dtype=np.float32)
-        if features.ndim != 2 or features.shape[0] != num_rows:
-            raise ValueError(f"features must have shape (N, F) with N={num_rows}, got {features.shape}.")
-        usable = valid & np.isfinite(features).all(axis=1)  # (N,)
-        if usable.any() and self._num_features is not None and features.shape[1] != self._num_features:
-            raise ValueError(f"features have F={features.shape[1]} but the memory stores F={self._num_features}.")
+        step_entries, usable = self._clusterer.inputs(valid, features, answer_keys)  # usable: (N,)
 
         cluster_sizes = np.zeros(num_rows, dtype=np.int64)  # (N,)
         assigned = np.zeros(num_rows, dtype=bool)  # (N,)
@@ -215,79 +386,15 @@ class ErrorMemory:
         largest_wrong_share: list[float] = []
         for outcome in _TRACKED_OUTCOMES[self.config.shaping.penalty_target]:
             is_outcome = correct if outcome == "right" else ~correct
-            groups: dict[PromptId, list[int]] = {}
-            for row in np.flatnonzero(usable & is_outcome):
-                groups.setdefault(ids[row], []).append(int(row))
-            for prompt_id, rows in groups.items():
-                labels_all = self._assign_and_store((prompt_id, outcome), features[rows], rows, cluster_sizes)
+            for prompt_id, rows in group_rows(ids, rows=np.flatnonzero(usable & is_outcome)).items():
+                new = self._clusterer.select(step_entries, rows)
+                cluster_sizes[rows], labels_all = self._assign_and_store((prompt_id, outcome), new)
                 assigned[rows] = True
                 if outcome == "wrong":
                     clusters_per_prompt.append(num_clusters(labels_all))
                     largest_wrong_share.append(largest_cluster_size(labels_all) / labels_all.shape[0])
 
-        metrics = self._step_metrics(
-            num_rows, usable, cluster_sizes, assigned, clusters_per_prompt, largest_wrong_share
-        )
-        return cluster_sizes, metrics
-
-    def _step_answer_keys(
-        self, ids: list[PromptId], valid: np.ndarray, correct: np.ndarray, answer_keys: Sequence[str | None] | None
-    ) -> tuple[np.ndarray, dict[str, float]]:
-        """`step` for `clustering.method="answer"`: entries are answer keys, a cluster is one key."""
-        num_rows = len(ids)
-        if answer_keys is None:
-            raise ValueError("clustering.method='answer' needs answer_keys (one str or None per response).")
-        keys = list(answer_keys)
-        if len(keys) != num_rows:
-            raise ValueError(f"answer_keys must have length N={num_rows}, got {len(keys)}.")
-        for key in keys:
-            if key is not None and not isinstance(key, str):
-                raise ValueError(f"answer_keys must hold str or None, got {type(key).__name__} {key!r}.")
-        usable = valid & np.array([key is not None for key in keys], dtype=bool)  # (N,)
-        cluster_sizes = np.zeros(num_rows, dtype=np.int64)  # (N,)
-        assigned = np.zeros(num_rows, dtype=bool)  # (N,)
-        clusters_per_prompt: list[int] = []
-        largest_wrong_share: list[float] = []
-        joint = self.config.clustering.assignment == "joint"
-        for outcome in _TRACKED_OUTCOMES[self.config.shaping.penalty_target]:
-            is_outcome = correct if outcome == "right" else ~correct
-            groups: dict[PromptId, list[int]] = {}
-            for row in np.flatnonzero(usable & is_outcome):
-                groups.setdefault(ids[row], []).append(int(row))
-            for prompt_id, rows in groups.items():
-                buffer_key = (prompt_id, outcome)
-                old_keys = self._keys.get(buffer_key, [])
-                new_keys = [keys[row] for row in rows]
-                history, current = Counter(old_keys), Counter(new_keys)
-                for row, key in zip(rows, new_keys, strict=True):
-                    cluster_sizes[row] = history[key] + (current[key] - 1 if joint else 0)
-                assigned[rows] = True
-                stored = old_keys + new_keys
-                if outcome == "wrong":
-                    clusters_per_prompt.append(len(set(stored)))
-                    largest_wrong_share.append(max(Counter(stored).values()) / len(stored))
-                overflow = len(stored) - self.config.memory.capacity
-                if overflow > 0:
-                    stored = stored[overflow:]
-                    self._note_truncation(prompt_id)
-                self._keys[buffer_key] = stored
-                self._labels[buffer_key] = _first_appearance_labels(stored).astype(LABEL_DTYPE)
-        metrics = self._step_metrics(
-            num_rows, usable, cluster_sizes, assigned, clusters_per_prompt, largest_wrong_share
-        )
-        return cluster_sizes, metrics
-
-    def _step_metrics(
-        self,
-        num_rows: int,
-        usable: np.ndarray,
-        cluster_sizes: np.ndarray,
-        assigned: np.ndarray,
-        clusters_per_prompt: list,
-        largest_wrong_share: list,
-    ) -> dict[str, float]:
-        """The metrics of one `step` (names in `verl_meds.metrics`), shared by the feature and answer-key paths."""
-        return {
+        metrics = {
             M.MEMORY_NUM_PROMPTS: float(self.num_prompts),
             M.MEMORY_NUM_ENTRIES: float(self.num_entries),
             M.MEMORY_TRUNCATED_PROMPTS: float(len(self._truncated_prompts)),
@@ -297,25 +404,18 @@ class ErrorMemory:
             M.CLUSTERS_PER_PROMPT_MEAN: M.safe_mean(clusters_per_prompt),
             M.CLUSTERS_LARGEST_WRONG_SHARE_MEAN: M.safe_mean(largest_wrong_share),
         }
+        return cluster_sizes, metrics
 
-    def _assign_and_store(
-        self, key: tuple[PromptId, str], new_rows: np.ndarray, rows: list[int], cluster_sizes: np.ndarray
-    ) -> np.ndarray:
-        """Write |C| of `new_rows` (n, F) into `cluster_sizes[rows]`, append them to `key`; return the fit's labels."""
-        num_features = new_rows.shape[1]
-        old_rows = self._features.get(key, np.empty((0, num_features), dtype=np.float32))  # (m, F)
-        sizes, labels_all = cluster_sizes_for_new(old_rows, new_rows, self.config.clustering, self._labels.get(key))
-        cluster_sizes[rows] = sizes
-        stored = np.concatenate([old_rows, new_rows], axis=0)  # (m + n, F)
-        stored_labels = labels_all
-        overflow = stored.shape[0] - self.config.memory.capacity
-        if overflow > 0:  # copies, so that the dropped rows are freed
-            stored, stored_labels = stored[overflow:].copy(), labels_all[overflow:]
+    def _assign_and_store(self, key: BufferKey, new: Entries) -> tuple[np.ndarray, np.ndarray]:
+        """|C| `(n,)` of the `new` entries of one buffer and the labels `(m + n,)` of its fit; stores the entries."""
+        sizes, labels_all, stored = self._clusterer.assign(self._entries.get(key), new, self._labels.get(key))
+        stored_labels = labels_all.astype(LABEL_DTYPE)
+        capacity = self.config.memory.capacity
+        if len(stored) > capacity:
+            stored, stored_labels = self._clusterer.keep_newest(stored, labels_all, capacity)
             self._note_truncation(key[0])
-        self._features[key] = np.ascontiguousarray(stored, dtype=np.float32)
-        self._labels[key] = stored_labels.astype(LABEL_DTYPE)
-        self._num_features = num_features
-        return labels_all
+        self._entries[key], self._labels[key] = stored, stored_labels
+        return sizes, labels_all
 
     def _note_truncation(self, prompt_id: PromptId) -> None:
         self._truncated_prompts[prompt_id] = None
@@ -340,38 +440,21 @@ class ErrorMemory:
             `labels` `(M,)` int64) and `truncated_prompt_ids` (list). Keyed by answer, each buffer holds
             `answer_keys` (list of M str) instead of `features`, and the dict also has `answer_key_version` (int).
         """
+        state: dict[str, Any] = {"version": STATE_VERSION, "fingerprint": self.config.fingerprint()}
         if self.keyed_by_answer:
-            return {
-                "version": STATE_VERSION,
-                "fingerprint": self.config.fingerprint(),
-                "answer_key_version": ANSWER_KEY_VERSION,
-                "num_features": None,
-                "buffers": [
-                    {
-                        "prompt_id": prompt_id,
-                        "outcome": outcome,
-                        "answer_keys": list(keys),
-                        "labels": self._labels[(prompt_id, outcome)].astype(np.int64),
-                    }
-                    for (prompt_id, outcome), keys in self._keys.items()
-                ],
-                "truncated_prompt_ids": list(self._truncated_prompts),
+            state["answer_key_version"] = ANSWER_KEY_VERSION
+        state["num_features"] = self.num_features
+        state["buffers"] = [
+            {
+                "prompt_id": prompt_id,
+                "outcome": outcome,
+                self._clusterer.state_field: self._clusterer.save(entries),
+                "labels": self._labels[(prompt_id, outcome)].astype(np.int64),
             }
-        return {
-            "version": STATE_VERSION,
-            "fingerprint": self.config.fingerprint(),
-            "num_features": self._num_features,
-            "buffers": [
-                {
-                    "prompt_id": prompt_id,
-                    "outcome": outcome,
-                    "features": rows.copy(),
-                    "labels": self._labels[(prompt_id, outcome)].astype(np.int64),
-                }
-                for (prompt_id, outcome), rows in self._features.items()
-            ],
-            "truncated_prompt_ids": list(self._truncated_prompts),
-        }
+            for (prompt_id, outcome), entries in self._entries.items()
+        ]
+        state["truncated_prompt_ids"] = list(self._truncated_prompts)
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """
@@ -384,8 +467,8 @@ class ErrorMemory:
                 A dict returned by `state_dict()`.
 
         Raises:
-            ValueError: if the version or the config fingerprint differ (the message names both values), or if
-                the arrays are malformed.
+            ValueError: if the version, the config fingerprint or (keyed by answer) the answer-key version differ
+                (the message names both values), or if the buffers are malformed.
         """
         version = state.get("version")
         if version != STATE_VERSION:
@@ -396,58 +479,27 @@ class ErrorMemory:
                 f"ErrorMemory state was saved under feature fingerprint {saved!r}, but the current config has "
                 f"{current!r}; stored features would mean something else. Start with an empty memory instead."
             )
-        if self.keyed_by_answer:
-            self._load_answer_keys(state)
-            return
-        num_features = state.get("num_features")
-        features: dict[tuple[PromptId, str], np.ndarray] = {}
-        labels: dict[tuple[PromptId, str], np.ndarray] = {}
-        truncated = {_prompt_id(prompt_id): None for prompt_id in state.get("truncated_prompt_ids", [])}
-        capacity = self.config.memory.capacity
-        for buffer in state.get("buffers", []):
-            key = (_prompt_id(buffer["prompt_id"]), buffer["outcome"])
-            if key[1] not in OUTCOMES:
-                raise ValueError(f"buffer outcome must be one of {list(OUTCOMES)}, got {key[1]!r}.")
-            rows = np.array(buffer["features"], dtype=np.float32, copy=True)
-            row_labels = np.array(buffer["labels"], dtype=np.int64, copy=True)
-            if rows.ndim != 2 or rows.shape[1] != num_features or row_labels.shape != (rows.shape[0],):
-                raise ValueError(
-                    f"buffer {key} has features {rows.shape} and labels {row_labels.shape}; expected (M, "
-                    f"{num_features}) and (M,)."
-                )
-            if not np.array_equal(row_labels.astype(LABEL_DTYPE), row_labels):
-                raise ValueError(f"buffer {key} has labels outside the {np.dtype(LABEL_DTYPE).name} range.")
-            if rows.shape[0] > capacity:
-                rows, row_labels = rows[-capacity:].copy(), row_labels[-capacity:]
-                truncated[key[0]] = None
-                logger.warning("Loaded MEDS memory buffer %r cut to capacity=%d (newest kept).", key, capacity)
-            features[key], labels[key] = rows, row_labels.astype(LABEL_DTYPE)
-        self._features, self._labels, self._truncated_prompts = features, labels, truncated
-        self._num_features = num_features if features else None
-
-    def _load_answer_keys(self, state: Mapping[str, Any]) -> None:
-        """`load_state_dict` for `clustering.method="answer"` (the fingerprint has been checked)."""
-        version = state.get("answer_key_version")
-        if version != ANSWER_KEY_VERSION:
+        if self.keyed_by_answer and state.get("answer_key_version") != ANSWER_KEY_VERSION:
             raise ValueError(
-                f"ErrorMemory state has answer keys of version {version!r}, but this verl_meds makes version "
-                f"{ANSWER_KEY_VERSION} (verl_meds.answer.ANSWER_KEY_VERSION); stored keys would not match new ones."
+                f"ErrorMemory state has answer keys of version {state.get('answer_key_version')!r}, but this "
+                f"verl_meds makes version {ANSWER_KEY_VERSION} (verl_meds.answer.ANSWER_KEY_VERSION); stored keys "
+                "would not match new ones."
             )
-        keys_of: dict[tuple[PromptId, str], list[str]] = {}
-        labels: dict[tuple[PromptId, str], np.ndarray] = {}
+        num_features = None if self.keyed_by_answer else state.get("num_features")
+        entries_of: dict[BufferKey, Entries] = {}
+        labels_of: dict[BufferKey, np.ndarray] = {}
         truncated = {_prompt_id(prompt_id): None for prompt_id in state.get("truncated_prompt_ids", [])}
         capacity = self.config.memory.capacity
         for buffer in state.get("buffers", []):
             key = (_prompt_id(buffer["prompt_id"]), buffer["outcome"])
             if key[1] not in OUTCOMES:
                 raise ValueError(f"buffer outcome must be one of {list(OUTCOMES)}, got {key[1]!r}.")
-            stored = list(buffer["answer_keys"])
-            if not all(isinstance(item, str) for item in stored):
-                raise ValueError(f"buffer {key} must hold str answer keys, got {stored!r}.")
-            if len(stored) > capacity:
-                stored = stored[-capacity:]
+            entries, labels = self._clusterer.load(buffer, key, num_features)
+            if len(entries) > capacity:
+                entries, labels = self._clusterer.keep_newest(entries, labels, capacity)
                 truncated[key[0]] = None
                 logger.warning("Loaded MEDS memory buffer %r cut to capacity=%d (newest kept).", key, capacity)
-            keys_of[key], labels[key] = stored, _first_appearance_labels(stored).astype(LABEL_DTYPE)
-        self._keys, self._labels, self._truncated_prompts = keys_of, labels, truncated
-        self._features, self._num_features = {}, None
+            entries_of[key], labels_of[key] = entries, labels.astype(LABEL_DTYPE)
+        self._entries, self._labels, self._truncated_prompts = entries_of, labels_of, truncated
+        if not self.keyed_by_answer:
+            self._clusterer.num_features = num_features if entries_of else None
