@@ -23,13 +23,14 @@ Compared, side by side in one process, interleaved (A B C, then C B A, ...), med
   is the plain re-statement from the definition (Kruskal over all pairs, level by level); for
   `merge_distance=0, max_distance=None, ties="order"` it is `hdbscan.HDBSCAN`, what the step ran before the fast
   path.
-- **authors**: a re-statement, written here from the issue's description, of the authors' per-step procedure: for
-  every (prompt, outcome) group in the batch, each new response takes the majority label of its k = 3 nearest
-  stored responses (cosine, i.e. euclidean on L2-normalised rows) under the previous fit's labels; then the group's
-  entire, unbounded history (new responses included) is refitted with `hdbscan.HDBSCAN(min_cluster_size=2,
-  min_samples=1)` on L2-normalised rows. The authors' recipe keeps one buffer per prompt and correctness and refits
-  both; "authors (wrong)" counts only the time spent on the wrong groups. The k-NN vote is vectorised here (the
-  recipe fits a scikit-learn `NearestNeighbors` per response), which only makes the authors faster.
+- **authors**: the authors' per-step procedure as `verl_meds.authors.AuthorsProcedure` re-states it, with their
+  clustering faults (`faults=True`, contrib's default `allow_single_cluster=False`): for every (prompt, outcome)
+  group in the batch, each new response takes the majority label of its k = 3 nearest stored responses (euclidean on
+  L2-normalised rows) under the previous fit's labels; then the group's entire, unbounded history (new responses
+  included) is refitted with `hdbscan.HDBSCAN(min_cluster_size=2, min_samples=1)`. The authors' recipe keeps one
+  buffer per prompt and correctness and refits both; "authors (wrong)" counts only the time spent on the wrong
+  groups. The vote is one numpy distance computation per response (the recipe fits a scikit-learn
+  `NearestNeighbors` per response, which is slower).
 
 Also printed: whether our penalties match the reference computation (fraction of responses whose cluster size or
 penalty differs, largest penalty difference), and the memory footprint after the epoch-100 step: bytes per stored
@@ -40,6 +41,7 @@ response (arrays only, and with the per-buffer containers) and the size of the c
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import logging
 import os
@@ -54,6 +56,7 @@ import numpy as np
 import torch
 
 from verl_meds import clustering
+from verl_meds.authors import AuthorsProcedure, l2_normalise
 from verl_meds.config import MEDSConfig
 from verl_meds.memory import ErrorMemory
 from verl_meds.shaping import penalty_from_cluster_sizes
@@ -95,62 +98,37 @@ def make_features(args: argparse.Namespace, last_epoch: int) -> tuple[np.ndarray
 # ------------------------------------------------------------------------------------------ the authors' procedure
 
 
-def l2_rows(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
-
-
-def hdbscan_refit(X: np.ndarray) -> np.ndarray:
-    """The authors' refit: contrib HDBSCAN, min_cluster_size=2, min_samples=1, on L2-normalised rows."""
-    import hdbscan
-
-    if X.shape[0] < 2:
-        return np.full(X.shape[0], -1, dtype=np.int64)
-    return hdbscan.HDBSCAN(min_cluster_size=2, min_samples=1, metric="euclidean").fit_predict(l2_rows(X))
-
-
-def knn_vote_sizes(history: np.ndarray, labels: np.ndarray, new: np.ndarray, k: int = 3) -> np.ndarray:
-    """Majority label of the k nearest stored rows (cosine) of each new row; returns that cluster's size (noise 0)."""
-    if history.shape[0] == 0:
-        return np.zeros(new.shape[0], dtype=np.int64)
-    similarity = l2_rows(new) @ l2_rows(history).T  # (n, m)
-    k = min(k, history.shape[0])
-    nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]  # (n, k)
-    sizes = np.zeros(new.shape[0], dtype=np.int64)
-    for row, neighbours in enumerate(labels[nearest]):
-        values, counts = np.unique(neighbours, return_counts=True)
-        vote = values[np.argmax(counts)]
-        sizes[row] = 0 if vote == -1 else int(np.sum(labels == vote))
-    return sizes
-
-
-def authors_step(state: dict, prompt_ids: np.ndarray, features: np.ndarray, wrong: np.ndarray) -> dict[str, float]:
-    """One step of the authors' procedure on `state` ((prompt, outcome) -> (history (m, F) float64, labels (m,)))."""
-    seconds = {"wrong": 0.0, "right": 0.0}
-    groups: dict[tuple[int, str], list[int]] = {}
-    for row, (prompt, is_wrong) in enumerate(zip(prompt_ids.tolist(), wrong.tolist(), strict=True)):
-        groups.setdefault((prompt, "wrong" if is_wrong else "right"), []).append(row)
-    for key, rows in groups.items():
+def authors_step(
+    reference: AuthorsProcedure, prompt_ids: np.ndarray, features: np.ndarray, wrong: np.ndarray
+) -> dict[str, float]:
+    """One step of the authors' procedure on `reference`; the seconds spent on the wrong and on the right groups."""
+    seconds = {}
+    rewards = np.where(wrong, -1.0, 1.0)  # (N,)
+    for outcome, rows in (("wrong", wrong), ("right", ~wrong)):  # groups are (prompt, outcome): one call each
         start = time.perf_counter()
-        history, labels = state.get(key, (np.empty((0, features.shape[1])), np.empty(0, dtype=np.int64)))
-        new = features[rows].astype(np.float64)
-        knn_vote_sizes(history, labels, new)
-        history = np.concatenate([history, new])
-        state[key] = (history, hdbscan_refit(history))
-        seconds[key[1]] += time.perf_counter() - start
+        reference.step(prompt_ids[rows].tolist(), features[rows], ~wrong[rows], rewards[rows])
+        seconds[outcome] = time.perf_counter() - start
     return seconds
 
 
-def authors_state(features: np.ndarray, wrong: np.ndarray, epoch: int) -> dict:
+def authors_state(features: np.ndarray, wrong: np.ndarray, epoch: int) -> AuthorsProcedure:
     """The authors' state before the step of `epoch`: every earlier response, labels of the last refit."""
-    state = {}
+    reference = AuthorsProcedure(alpha=MEDSConfig().shaping.alpha, faults=True)
     past_features, past_wrong = features[: epoch - 1], wrong[: epoch - 1]  # (e - 1, B, G, F), (e - 1, B, G)
     for prompt in range(features.shape[1]):
-        for outcome, mask in (("wrong", past_wrong[:, prompt]), ("right", ~past_wrong[:, prompt])):
-            history = past_features[:, prompt][mask].astype(np.float64)  # (m, F), oldest first
+        for correct, mask in ((False, past_wrong[:, prompt]), (True, ~past_wrong[:, prompt])):
+            history = l2_normalise(past_features[:, prompt][mask].astype(np.float64))  # (m, F), oldest first
             if history.shape[0]:
-                state[(prompt, outcome)] = (history, hdbscan_refit(history))
-    return state
+                reference.history[(prompt, correct)] = history
+                reference.labels[(prompt, correct)] = reference.fit(history)
+    return reference
+
+
+def copy_state(reference: AuthorsProcedure) -> AuthorsProcedure:
+    """A copy whose step leaves `reference` unchanged (entries are replaced, never mutated)."""
+    clone = copy.copy(reference)
+    clone.history, clone.labels = dict(reference.history), dict(reference.labels)
+    return clone
 
 
 # ----------------------------------------------------------------------------------------------- ours
@@ -265,7 +243,8 @@ def main() -> None:
             ([0] * len(warm), warm, np.ones(len(warm), bool), np.zeros(len(warm), bool)),
             reference,
         )
-    authors_step({}, np.zeros(len(warm), dtype=np.int64), warm, np.ones(len(warm), bool))
+    warm_ids = np.zeros(len(warm), dtype=np.int64)
+    authors_step(authors_state(features, wrong, 1), warm_ids, warm, np.ones(len(warm), bool))
     gc.disable()
     rows, agreement, last_memory = [], [], None
     for epoch in epochs:
@@ -283,8 +262,7 @@ def main() -> None:
                 if method == "authors":
                     if authors is None:
                         continue
-                    copy = dict(authors)  # entries are replaced, never mutated
-                    seconds = authors_step(copy, prompt_ids, step_features, step_wrong)
+                    seconds = authors_step(copy_state(authors), prompt_ids, step_features, step_wrong)
                     times["authors_wrong"].append(seconds["wrong"])
                     times["authors"].append(seconds["wrong"] + seconds["right"])
                 else:

@@ -74,10 +74,6 @@ def _build(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
     return cls(**dict(values))
 
 
-FORK_LOG_CAP = 2.0
-"""The authors' cap on ln(|C| + 1) (their `C = 2.0`): with `fork_parity`, `shaping.beta = FORK_LOG_CAP * alpha`."""
-
-
 @dataclass
 class FeatureConfig:
     r"""
@@ -357,20 +353,76 @@ class ShapingConfig:
         _check_choice("ShapingConfig", "penalty_target", self.penalty_target, PENALTY_TARGETS)
 
 
-def _warn_overridden(before: tuple, after: tuple) -> None:
-    """Warn once per field that `fork_parity` replaced a value set away from its default (the user's choice)."""
+FORK_LOG_CAP = 2.0
+"""The authors' cap on ln(|C| + 1) (their `C = 2.0`): with `fork_parity`, `shaping.beta = FORK_LOG_CAP * alpha`."""
+
+FORK_PARITY_PRESET: dict[str, dict[str, Any]] = {
+    "clustering": {
+        "method": "hdbscan",
+        "assignment": "knn",
+        "knn_k": 3,
+        "min_cluster_size": 2,
+        "min_samples": 1,
+        "metric": "euclidean",
+        "l2_normalize": True,
+        "allow_single_cluster": True,
+        "merge_distance": 0.0,
+        "max_distance": None,
+        "ties": "order",
+        "fork_faults": False,
+    },
+    "features": {"final_norm": False},
+    "shaping": {"penalty_target": "both"},
+}
+"""The authors' settings, by component and field: what `MEDSConfig.fork_parity` sets (with `shaping.beta` from
+[`FORK_LOG_CAP`], see [`fork_parity_preset`]). The one definition of their procedure's settings; the reference
+re-statement of their procedure (`verl_meds.authors`) reads it too."""
+
+FORK_FAULTS_PRESET: dict[str, dict[str, Any]] = {"clustering": {"allow_single_cluster": False, "fork_faults": True}}
+"""What `MEDSConfig.reproduce_fork_faults` changes on top of [`FORK_PARITY_PRESET`]: the authors' three clustering
+faults (identical repeats come back as noise; a noise vote is charged the number of noise points; a tied vote goes to
+noise)."""
+
+
+def fork_parity_preset(alpha: float, faults: bool = False) -> dict[str, dict[str, Any]]:
+    """
+    The authors' settings for a penalty scale `alpha`: [`FORK_PARITY_PRESET`], [`FORK_FAULTS_PRESET`] when `faults`,
+    and the cap `shaping.beta = FORK_LOG_CAP * alpha` (the authors write the penalty `alpha * min(ln(|C| + 1), 2)`).
+
+    Args:
+        alpha (`float`):
+            The penalty scale `shaping.alpha`.
+        faults (`bool`, *optional*, defaults to `False`):
+            Also keep the authors' clustering faults.
+
+    Returns:
+        `dict[str, dict[str, Any]]`: component name (`clustering`, `features`, `shaping`) -> field -> value (a copy).
+    """
+    preset = {part: dict(values) for part, values in FORK_PARITY_PRESET.items()}
+    for part, values in (FORK_FAULTS_PRESET if faults else {}).items():
+        preset[part].update(values)
+    preset["shaping"]["beta"] = FORK_LOG_CAP * alpha
+    return preset
+
+
+def _apply_preset(config: MEDSConfig, preset: Mapping[str, Mapping[str, Any]], flag: str) -> None:
+    """Replace the fields of `preset` in the components of `config`, warning once per field whose value was set away
+    from its default (the user's choice) and differs from the preset's."""
     import warnings
 
-    for old, new in zip(before, after, strict=True):
+    for part, values in preset.items():
+        old = getattr(config, part)
+        new = dataclasses.replace(old, **values)
         default = type(old)()
-        for f in dataclasses.fields(old):
-            mine, forced = getattr(old, f.name), getattr(new, f.name)
-            if mine != forced and mine != getattr(default, f.name):
+        for name in values:
+            mine, forced = getattr(old, name), getattr(new, name)
+            if mine != forced and mine != getattr(default, name):
                 warnings.warn(
-                    f"MEDSConfig.fork_parity=True overrides {type(old).__name__}.{f.name}={mine!r} with {forced!r}.",
+                    f"MEDSConfig.{flag}=True overrides {type(old).__name__}.{name}={mine!r} with {forced!r}.",
                     UserWarning,
                     stacklevel=4,
                 )
+        setattr(config, part, new)
 
 
 REMOVED_SHAPING_KEYS: dict[str, str] = {
@@ -407,11 +459,12 @@ class MEDSConfig:
             absolute scale: `merge_distance=0`, `max_distance=None`, ties taken in storage order); the
             penalty cap written as `alpha * min(ln(|C| + 1), 2)` (`shaping.beta = 2 * alpha`); right answers divided
             by `1 + penalty` (`shaping.penalty_target="both"`, right and wrong answers kept apart); no final norm on
-            intermediate layers (`features.final_norm=False`). These fields are overwritten when it is set.
+            intermediate layers (`features.final_norm=False`). These fields are overwritten when it is set; the values
+            are [`FORK_PARITY_PRESET`] (one place, applied by [`fork_parity_preset`]).
         reproduce_fork_faults (`bool`, *optional*, defaults to `False`):
             With `fork_parity`, also keep the authors' three clustering faults: identical repeated responses come
             back as noise (`allow_single_cluster=False`), a noise vote is charged the number of noise points, and a
-            tied vote goes to noise (`clustering.fork_faults=True`).
+            tied vote goes to noise (`clustering.fork_faults=True`; [`FORK_FAULTS_PRESET`]).
     """
 
     enable: bool = True
@@ -433,28 +486,7 @@ class MEDSConfig:
         self.clustering = _build(ClusterConfig, self.clustering, "MEDSConfig.clustering")
         self.shaping = _build(ShapingConfig, self.shaping, "MEDSConfig.shaping")
         if self.fork_parity:
-            before = (self.clustering, self.features, self.shaping)
-            faults = self.reproduce_fork_faults
-            self.clustering = dataclasses.replace(
-                self.clustering,
-                method="hdbscan",
-                assignment="knn",
-                knn_k=3,
-                min_cluster_size=2,
-                min_samples=1,
-                metric="euclidean",
-                l2_normalize=True,
-                allow_single_cluster=not faults,
-                merge_distance=0.0,
-                max_distance=None,
-                ties="order",
-                fork_faults=faults,
-            )
-            self.features = dataclasses.replace(self.features, final_norm=False)
-            self.shaping = dataclasses.replace(
-                self.shaping, penalty_target="both", beta=FORK_LOG_CAP * self.shaping.alpha
-            )
-            _warn_overridden(before, (self.clustering, self.features, self.shaping))
+            _apply_preset(self, fork_parity_preset(self.shaping.alpha, self.reproduce_fork_faults), "fork_parity")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> MEDSConfig:
