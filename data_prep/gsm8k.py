@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from data_prep.verl_format import BOXED_INSTRUCTION, make_record, write_parquet
+from verl_meds.answer import BOX_COMMANDS, extract_boxed
 
 logger = logging.getLogger(__name__)
 
@@ -66,33 +67,27 @@ def extract_gsm8k_answer(solution: str) -> str:
 
 
 def extract_last_boxed(text: str) -> str:
-    """Content of the last ``\\boxed{...}`` in ``text``, with nested braces matched.
+    r"""
+    Content of the last `\boxed{...}` in `text` (`verl_meds.answer.extract_boxed`), stripped.
 
     Args:
         text (`str`): e.g. a MATH solution.
 
     Returns:
-        `str`: e.g. ``"\\frac{1}{2}"`` for ``"... \\boxed{\\frac{1}{2}}."``.
+        `str`: e.g. `"\frac{1}{2}"` for `"... \boxed{\frac{1}{2}}."`.
 
     Raises:
-        ValueError: if there is no ``\\boxed{`` or its braces are unbalanced.
+        ValueError: if there is no `\boxed{` or the last one's braces are unbalanced.
 
-    >>> extract_last_boxed("so $x = \\\\boxed{\\\\frac{1}{2}}$.")
-    '\\\\frac{1}{2}'
+    >>> extract_last_boxed(r"so $x = \boxed{\frac{1}{2}}$.")
+    '\\frac{1}{2}'
     """
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        raise ValueError(f"no \\boxed{{...}} in text: {text[-80:]!r}")
-    depth = 0
-    begin = start + len("\\boxed{")
-    for pos in range(begin - 1, len(text)):
-        if text[pos] == "{":
-            depth += 1
-        elif text[pos] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[begin:pos].strip()
-    raise ValueError(f"unbalanced braces after \\boxed{{ in text: {text[start : start + 80]!r}")
+    answer = extract_boxed(text)
+    if answer is None:
+        found = any(f"\\{command}" in text for command in BOX_COMMANDS)
+        problem = "unbalanced braces after the last \\boxed{" if found else "no \\boxed{...}"
+        raise ValueError(f"{problem} in text: {text[-80:]!r}")
+    return answer.strip()
 
 
 def _format_number(value: int | float) -> str:

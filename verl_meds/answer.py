@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -87,6 +87,46 @@ def extract_boxed(text: str) -> str | None:
                 return text[start:i]
         i += 1
     return None
+
+
+NO_ANSWER_TEXT = "<no answer>"
+"""What [`answer_text`] gives a response without a final answer."""
+
+
+def answer_text(answer: Any) -> str:
+    """
+    A final answer as plain text for counting equal answers without a parser: runs of whitespace become one space,
+    `None` (no answer) becomes [`NO_ANSWER_TEXT`]. [`answer_key`] is the canonical key (`1/2` = `0.5`).
+
+    >>> answer_text("  1 /  2 "), answer_text(None)
+    ('1 / 2', '<no answer>')
+    """
+    return " ".join(str(answer).split()) if answer is not None else NO_ANSWER_TEXT
+
+
+def integer_answer(answer: Any) -> int | None:
+    """
+    The integer a final answer spells (surrounding whitespace allowed), or `None` for no answer or anything else.
+
+    >>> integer_answer(" -12 "), integer_answer("1/2"), integer_answer(None)
+    (-12, None, None)
+    """
+    if answer is None:
+        return None
+    try:
+        return int(str(answer).strip())
+    except ValueError:
+        return None
+
+
+def extract_boxed_integer(text: str) -> int | None:
+    r"""
+    The integer in the last `\boxed{...}` of a response ([`extract_boxed`], then [`integer_answer`]).
+
+    >>> extract_boxed_integer(r"7*3=21, 24+21=45. \boxed{45}"), extract_boxed_integer(r"\boxed{x}")
+    (45, None)
+    """
+    return integer_answer(extract_boxed(text))
 
 
 _BACKSLASH, _X, _KNOWN = 1, 2, 128  # bits of a token id's flags

@@ -42,6 +42,7 @@ import torch
 from . import metrics as M
 from .answer import ANSWER_KEY_VERSION
 from .config import EXPLORATION_BASELINES, ExplorationConfig
+from .groups import group_rows
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +50,6 @@ NO_ANSWER = "none:"
 """Outcome of a response without a final answer (no closed `\\boxed{}`): counted and penalised like any answer."""
 
 COUNTS_STATE_VERSION = 1
-
-
-def _group_rows(group_ids: Sequence[Hashable], num_rows: int) -> list[list[int]]:
-    """Rows of each group, groups in order of first appearance."""
-    if len(group_ids) != num_rows:
-        raise ValueError(f"group_ids must have length N={num_rows}, got {len(group_ids)}.")
-    rows_of: dict[Hashable, list[int]] = {}
-    for row, group in enumerate(group_ids):
-        rows_of.setdefault(group, []).append(row)
-    return list(rows_of.values())
 
 
 def _check_keys(answer_keys: Sequence[str]) -> list[str]:
@@ -134,7 +125,7 @@ def historical_bonus(
     if baseline == "constant":
         return bonus - float(baseline_value)
     shifted = np.zeros_like(bonus)  # (N,)
-    for rows in _group_rows(group_ids, bonus.shape[0]):
+    for rows in group_rows(group_ids, bonus.shape[0]).values():
         if len(rows) < 2:
             continue  # a singleton group: no other row to compare with
         values = bonus[rows]
@@ -162,7 +153,7 @@ def batch_bonus(answer_keys: Sequence[str], group_ids: Sequence[Hashable]) -> np
     """
     keys = _check_keys(answer_keys)
     bonus = np.zeros(len(keys), dtype=np.float64)  # (N,)
-    for rows in _group_rows(group_ids, len(keys)):
+    for rows in group_rows(group_ids, len(keys)).values():
         same = Counter(keys[row] for row in rows)
         for row in rows:
             bonus[row] = (1 - same[keys[row]]) / len(rows)
@@ -312,7 +303,7 @@ def exploration_bonus(
             f"prompt_ids, answer_keys and correct must have length N={num_rows}, got {len(prompt_ids)} and "
             f"{correct.shape}."
         )
-    groups = _group_rows(group_ids, num_rows)
+    groups = list(group_rows(group_ids, num_rows).values())
     seen_before = counts.lookup(prompt_ids, keys) if config.method == "historical" else None  # (N,)
     if config.method == "historical":
         if config.count_current_step:

@@ -49,7 +49,7 @@ from . import metrics as M
 from .answer import ANSWER_KEY_VERSION
 from .clustering import cluster_sizes_for_new, largest_cluster_size, num_clusters
 from .config import ClusterConfig, MEDSConfig
-from .groups import group_rows
+from .groups import group_codes, group_rows
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ def _prompt_id(value: Any) -> PromptId:
 
 def _first_appearance_labels(keys: Sequence[str]) -> np.ndarray:
     """Label of each key: 0 for the first distinct key, 1 for the second, ... (order of first appearance)."""
-    codes: dict[str, int] = {}
-    return np.array([codes.setdefault(key, len(codes)) for key in keys], dtype=np.int64)  # (M,)
+    return np.array(group_codes(keys), dtype=np.int64)  # (M,)
 
 
 class Clusterer(Protocol):

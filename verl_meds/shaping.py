@@ -38,6 +38,7 @@ import torch
 
 from . import metrics as M
 from .config import PENALTY_TARGETS
+from .groups import group_codes, group_rows
 
 
 def penalty_from_cluster_sizes(cluster_sizes: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -131,17 +132,6 @@ def shape_rewards(
     return shaped, metrics
 
 
-def _group_codes(group_ids: Sequence[Hashable] | np.ndarray | torch.Tensor, num_rows: int) -> torch.Tensor:
-    """Dense integer code (N,) of each row's group, in order of first appearance."""
-    if isinstance(group_ids, torch.Tensor):
-        group_ids = group_ids.detach().cpu().numpy()
-    values = group_ids.tolist() if isinstance(group_ids, np.ndarray) else list(group_ids)
-    if len(values) != num_rows:
-        raise ValueError(f"group_ids must have length N={num_rows}, got {len(values)}.")
-    codes: dict[Hashable, int] = {}
-    return torch.tensor([codes.setdefault(value, len(codes)) for value in values], dtype=torch.long)
-
-
 def _check_scores(scores: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """`scores` as a float tensor (N,) and the rows that count: finite and, when given, `valid`."""
     scores = torch.as_tensor(scores)
@@ -198,7 +188,7 @@ def grpo_advantages(
         ValueError: if `scores` is not 1-D, or `group_ids` or `valid` has another length.
     """
     scores, counted = _check_scores(scores, valid)
-    codes = _group_codes(group_ids, scores.shape[0]).to(scores.device)  # (N,)
+    codes = torch.tensor(group_codes(group_ids, scores.shape[0]), dtype=torch.long, device=scores.device)  # (N,)
     num_groups = int(codes.max()) + 1 if codes.numel() else 0
     weight = counted.to(torch.float64)  # (N,)
     values = torch.where(counted, scores.to(torch.float64), torch.zeros_like(weight))  # (N,)
@@ -244,11 +234,7 @@ def grpo_advantages_reference(
         `torch.Tensor` of shape `(N,)`, dtype of `scores`.
     """
     scores, counted = _check_scores(scores, valid)
-    codes = _group_codes(group_ids, scores.shape[0]).tolist()
-    members: dict[int, list[int]] = {}
-    for row, code in enumerate(codes):
-        if bool(counted[row]):
-            members.setdefault(code, []).append(row)
+    members = group_rows(group_ids, scores.shape[0], rows=torch.nonzero(counted).flatten().tolist())
     advantages = torch.zeros_like(scores)
     for rows in members.values():
         group = scores[rows]

@@ -95,8 +95,7 @@ def sample_records(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from data_prep.tiny_model import extract_boxed_int
-    from verl_meds.answer import locate_answer_token
+    from verl_meds.answer import extract_boxed_integer, locate_answer_token
     from verl_meds.config import FeatureConfig
     from verl_meds.features import find_final_norm, logit_lens_from_hidden_states
 
@@ -132,7 +131,7 @@ def sample_records(
             response = sequence[len(prompt_ids) :]
             if tokenizer.eos_token_id in response:
                 response = response[: response.index(tokenizer.eos_token_id) + 1]
-            answer = extract_boxed_int(tokenizer.decode(response, skip_special_tokens=True))
+            answer = extract_boxed_integer(tokenizer.decode(response, skip_special_tokens=True))
             answer_text = None if answer is None else str(answer)
             correct = answer == problem.answer
             index = locate_answer_token(response, tokenizer)

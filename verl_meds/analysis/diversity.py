@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from verl_meds.answer import answer_text
 from verl_meds.clustering import NOISE
 
 Subset = Literal["all", "wrong", "right"]
@@ -105,10 +106,6 @@ def cluster_label_agreement(clusters: Sequence[int], labels: Sequence[Hashable])
     return float(adjusted_rand_score(given, distinct)), float(normalized_mutual_info_score(given, distinct))
 
 
-def _answer_key(answer: Any) -> str:
-    return " ".join(str(answer).split()) if answer is not None else "<no answer>"
-
-
 def _cluster_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Cluster identity of the rows that have a cluster; each noise row is a cluster of its own."""
     keys = []
@@ -128,7 +125,7 @@ def _group_stats(wrong: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
     Answers use every wrong response; clusters and patterns use the wrong responses that have one."""
     stats: dict[str, float] = {}
-    answers = Counter(_answer_key(row.get("answer")) for row in wrong)
+    answers = Counter(answer_text(row.get("answer")) for row in wrong)
     stats["distinct_answers"] = float(len(answers))
     stats["distinct_answers_frac"] = len(answers) / len(wrong)
     stats["largest_answer_share"] = max(answers.values()) / len(wrong)

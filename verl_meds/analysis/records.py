@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from verl_meds.answer import integer_answer
 from verl_meds.clustering import NOISE, cluster_sizes_for_new
 from verl_meds.config import ClusterConfig
 
@@ -260,11 +261,11 @@ def synthetic_error_mode(question: str, answer: str | None) -> str | None:
     """
     from data_prep.synthetic import error_modes, parse_question
 
-    if answer is None:
+    value = integer_answer(answer)
+    if value is None:
         return None
     try:
         problem = parse_question(question)
-        value = int(str(answer).strip())
     except ValueError:
         return None
     if value == problem.answer:
