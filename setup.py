@@ -15,14 +15,13 @@ setup(
         # torch is a dependency but is installed first, pinned, by the README (a CPU wheel here, CUDA on clusters).
         "torch>=2.6",
         "numpy",
-        "scikit-learn>=1.3",
         "scipy",
-        "hdbscan>=0.8.33",
+        # grading and answer keys (verl_meds.grading, verl_meds.answer.answer_key) parse answers with math-verify.
+        "math-verify>=0.7",
     ],
     extras_require={
         "verl": [
             "verl[verl-core]>=0.9.1,<0.10",
-            "math-verify>=0.7",
             "transformers",
             "tokenizers",
             "datasets",
@@ -31,8 +30,11 @@ setup(
             "omegaconf",
             "tqdm",
         ],
+        # Cluster-label agreement (verl_meds.analysis, scikit-learn) and the contrib HDBSCAN references
+        # (verl_meds.clustering.fit_labels_reference, verl_meds.authors); the training path needs neither.
+        "analysis": ["scikit-learn>=1.3", "hdbscan>=0.8.33"],
         "plots": ["matplotlib"],
-        "test": ["pytest", "hypothesis"],
+        "test": ["pytest", "hypothesis", "scikit-learn>=1.3", "hdbscan>=0.8.33"],
         # The vLLM that verl 0.9.1's own [vllm] extra installs (0.24.0, with torch 2.11.0; recipes/README.md,
         # "Multi-node"). verl's code accepts vLLM >= 0.18, but 0.18 and 0.19 need transformers < 5, which verl
         # 0.9.1 does not take; releases after 0.24 are untested with it.

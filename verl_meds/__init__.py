@@ -7,9 +7,10 @@ one float per selected layer), clusters them with HDBSCAN, and penalises a new w
 cluster it falls in: $p = \min(\alpha \ln(|C| + 1), \beta)$, $\tilde r = r - p$; then GRPO normalises the shaped
 rewards within each group.
 
-The core (`config`, `answer`, `clustering`, `memory`, `shaping`, `exploration`, `metrics`) imports only numpy, torch,
-hdbscan and scikit-learn (and math-verify, lazily, for answer keys); importing `verl_meds` never imports verl, ray or
-matplotlib. `exploration` holds the outcome-based exploration bonuses of Song, Kempe, Munos 2025
+The core (`config`, `groups`, `answer`, `grading`, `clustering`, `memory`, `shaping`, `exploration`, `metrics`)
+imports only numpy, scipy and torch, and lazily math-verify (grading, answer keys) and hdbscan (only the reference
+computations `clustering.fit_labels_reference` and `authors`, extra `[analysis]`); importing `verl_meds` never
+imports verl, ray or matplotlib. `exploration` holds the outcome-based exploration bonuses of Song, Kempe, Munos 2025
 ([arXiv 2509.06941](https://huggingface.co/papers/2509.06941)), computed from final answers only.
 
 Shape glossary (used in every docstring and `# (..)` comment):
