@@ -21,8 +21,7 @@ Compared, side by side in one process, interleaved (A B C, then C B A, ...), med
 - **ours (reference)**: the same step with `verl_meds.clustering.fit_labels` replaced by `fit_labels_reference`;
   its cluster sizes are compared with ours. For the default config (absolute scale, `ties="merge"`) the reference
   is the plain re-statement from the definition (Kruskal over all pairs, level by level); for
-  `merge_distance=0, max_distance=None, ties="order"` it is `hdbscan.HDBSCAN`, what the step ran before the fast
-  path.
+  `merge_distance=0, max_distance=None, ties="order"` it is contrib's `hdbscan.HDBSCAN`.
 - **authors**: the authors' per-step procedure as `verl_meds.authors.AuthorsProcedure` re-states it, with their
   clustering faults (`faults=True`, contrib's default `allow_single_cluster=False`): for every (prompt, outcome)
   group in the batch, each new response takes the majority label of its k = 3 nearest stored responses (euclidean on

@@ -1,21 +1,21 @@
 """Per-step time of the tiny CPU recipe with verl's vLLM rollout vs the project's hf rollout, side by side.
 
-Usage (after ``bash scripts/install_vllm_cpu.sh``; default: 1 run of each rollout, 4 steps, alternating hf, vllm):
+Usage (after `bash scripts/install_vllm_cpu.sh`; default: 1 run of each rollout, 4 steps, alternating hf, vllm):
 
     OMP_NUM_THREADS=1 .venv-vllm/bin/python benchmarks/bench_vllm_cpu.py
     OMP_NUM_THREADS=1 .venv-vllm/bin/python benchmarks/bench_vllm_cpu.py --runs 2 --steps 6
 
-Both rollouts run ``paper setup=tiny_cpu method=meds_dapo`` (8 prompts x 8 rollouts per step) with the same
+Both rollouts run `paper setup=tiny_cpu method=meds_dapo` (8 prompts x 8 rollouts per step) with the same
 interpreter (the vLLM environment, so every other package is the same), the same model (the tiny model with 2
-attention heads of size 32, `data_prep.tiny_model` ``--attention vllm_cpu``, which both engines run), data, seeds
-and config; the vLLM runs add ``+rollout_engine=vllm_cpu``. Dynamic sampling is off so every step generates one
+attention heads of size 32, `data_prep.tiny_model` `--attention vllm_cpu`, which both engines run), data, seeds
+and config; the vLLM runs add `+rollout_engine=vllm_cpu`. Dynamic sampling is off so every step generates one
 batch, and validation and checkpoints are off so only training steps are timed. Each run is its own process with
-its own Ray cluster (``ray_init.address=local``). Step 1 of every run (warm-up) is left out; the figures are medians
-over the remaining steps of all runs of a rollout, from verl's per-step ``timing_s/*`` metrics.
+its own Ray cluster (`ray_init.address=local`). Step 1 of every run (warm-up) is left out; the figures are medians
+over the remaining steps of all runs of a rollout, from verl's per-step `timing_s/*` metrics.
 
-Printed: median ``timing_s/step``, ``gen`` (rollouts of one batch), ``update_weights`` (the sync to the rollout
-engine), ``old_log_prob`` and ``update_actor`` per rollout, the vLLM / hf ratios, verl's
-``training/rollout_probs_diff_max`` of the vLLM runs, and the wall time of each run (server start included).
+Printed: median `timing_s/step`, `gen` (rollouts of one batch), `update_weights` (the sync to the rollout
+engine), `old_log_prob` and `update_actor` per rollout, the vLLM / hf ratios, verl's
+`training/rollout_probs_diff_max` of the vLLM runs, and the wall time of each run (server start included).
 """
 
 from __future__ import annotations

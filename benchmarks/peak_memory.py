@@ -1,11 +1,11 @@
-"""Peak memory of a command and every process it starts, Ray's included: sampled from ``/proc``.
+"""Peak memory of a command and every process it starts, Ray's included: sampled from `/proc`.
 
-``/usr/bin/time -v`` reports the largest *single* process, and Ray's workers are children of the raylet rather than
+`/usr/bin/time -v` reports the largest *single* process, and Ray's workers are children of the raylet rather than
 of the driver, so neither the driver's rusage nor a process-tree walk sees a verl run whole. Instead the command runs
 with a fresh tag in the environment variable `MARKER_ENV`; Ray's GCS, raylet and workers inherit the driver's
-environment, so every process carrying the tag belongs to the run. Every ``--interval`` seconds the script sums, over
-those processes, the resident set (RSS) and the proportional set (PSS, ``/proc/<pid>/smaps_rollup``: pages shared
-between processes counted once in total), and reports the peaks::
+environment, so every process carrying the tag belongs to the run. Every `--interval` seconds the script sums, over
+those processes, the resident set (RSS) and the proportional set (PSS, `/proc/<pid>/smaps_rollup`: pages shared
+between processes counted once in total), and reports the peaks:
 
     python benchmarks/peak_memory.py [--interval 2] [--json FILE] -- bash recipes/smollm2_cpu/run_smollm2_cpu.sh
 
@@ -29,7 +29,7 @@ MARKER_ENV = "VERL_MEDS_MEMORY_RUN"
 
 
 def marked_pids(tag: str) -> list[int]:
-    """`list[int]`: live processes (other than this one) whose environment holds ``MARKER_ENV=tag``."""
+    """`list[int]`: live processes (other than this one) whose environment holds `MARKER_ENV=tag`."""
     needle = f"{MARKER_ENV}={tag}".encode()
     pids = []
     for entry in os.listdir("/proc"):
@@ -45,7 +45,7 @@ def marked_pids(tag: str) -> list[int]:
 
 
 def process_kib(pid: int) -> tuple[int, int]:
-    """``(rss_kib, pss_kib)`` of one process from ``smaps_rollup``; ``(0, 0)`` when it is gone."""
+    """`(rss_kib, pss_kib)` of one process from `smaps_rollup`; `(0, 0)` when it is gone."""
     rss = pss = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -60,7 +60,7 @@ def process_kib(pid: int) -> tuple[int, int]:
 
 
 class Sampler(threading.Thread):
-    """Background thread: sums RSS and PSS over the tagged processes every ``interval_seconds``; keeps the peaks."""
+    """Background thread: sums RSS and PSS over the tagged processes every `interval_seconds`; keeps the peaks."""
 
     def __init__(self, tag: str, interval_seconds: float) -> None:
         super().__init__(daemon=True)

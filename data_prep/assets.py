@@ -1,7 +1,7 @@
 """The tiny CPU setup's inputs: the synthetic task and the tiny warm-started model, built once and cached.
 
-It writes the folders ``recipes/tiny_cpu/run_tiny_cpu.sh`` uses (``<cache>/data_seed<seed>`` and
-``<cache>/model_seed<seed>``), so the quick start, the tests and the benchmarks share one build.
+It writes the folders `recipes/tiny_cpu/run_tiny_cpu.sh` uses (`<cache>/data_seed<seed>` and
+`<cache>/model_seed<seed>`), so the quick start, the tests and the benchmarks share one build.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ def tiny_cpu_assets(
     """Build (or reuse) the tiny CPU setup's data and model.
 
     Args:
-        cache (`str` or `os.PathLike`, *optional*): cache folder; defaults to ``$VERL_MEDS_CACHE`` or the repository's
-            ``.cache/tiny_cpu``.
+        cache (`str` or `os.PathLike`, *optional*): cache folder; defaults to `$VERL_MEDS_CACHE` or the repository's
+            `.cache/tiny_cpu`.
         seed (`int`, *optional*, defaults to `0`): seed of the task split and of the model build.
         attention (`str`, *optional*, defaults to `"default"`): head layout of the model
-            (`data_prep.tiny_model.ATTENTION_PRESETS`); another layout than ``default`` is cached in
-            ``<cache>/model_seed<seed>_<attention>`` (``vllm_cpu``: the vLLM rollout's model, docs/vllm-cpu.md).
+            (`data_prep.tiny_model.ATTENTION_PRESETS`); another layout than `default` is cached in
+            `<cache>/model_seed<seed>_<attention>` (`vllm_cpu`: the vLLM rollout's model, docs/vllm-cpu.md).
 
     Returns:
-        `dict[str, Path]`: ``train`` and ``val`` parquet files and the ``model`` folder.
+        `dict[str, Path]`: `train` and `val` parquet files and the `model` folder.
     """
     from data_prep.synthetic import write_synthetic
     from data_prep.tiny_model import TinyModelConfig, build_tiny_model

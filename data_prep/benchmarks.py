@@ -1,32 +1,32 @@
 """The paper's evaluation benchmarks (and GSM8K test) as verl parquet, from a local JSONL copy or the hub.
 
-Benchmarks (`BENCHMARKS`; name (problems in the standard copy): local file under ``--data-dir``, gold answer, hub id
+Benchmarks (`BENCHMARKS`; name (problems in the standard copy): local file under `--data-dir`, gold answer, hub id
 used when there is no local file):
 
-- ``aime24`` (30): ``aime24/test.jsonl``, gold ``answer``; hub ``HuggingFaceH4/aime_2024`` (split ``train``).
-- ``amc23`` (40): ``amc23/test.jsonl``, gold ``answer`` (a float, ``27.0 -> "27"``); hub ``math-ai/amc23``.
-- ``math500`` (500): ``math500/test.jsonl``, gold ``answer``; hub ``HuggingFaceH4/MATH-500``.
-- ``minerva_math`` (272): ``minerva_math/test.jsonl``, gold = last ``\\boxed{}`` of ``solution``; hub
-  ``math-ai/minervamath`` (field ``answer``).
-- ``olympiadbench`` (675): ``olympiadbench/test.jsonl``, gold ``final_answer`` (a list); hub ``math-ai/olympiadbench``.
-- ``gsm8k`` (1319): ``gsm8k/test.jsonl``, gold = text after ``####``; hub ``openai/gsm8k`` (config ``main``).
+- `aime24` (30): `aime24/test.jsonl`, gold `answer`; hub `HuggingFaceH4/aime_2024` (split `train`).
+- `amc23` (40): `amc23/test.jsonl`, gold `answer` (a float, `27.0 -> "27"`); hub `math-ai/amc23`.
+- `math500` (500): `math500/test.jsonl`, gold `answer`; hub `HuggingFaceH4/MATH-500`.
+- `minerva_math` (272): `minerva_math/test.jsonl`, gold = last `\\boxed{}` of `solution`; hub
+  `math-ai/minervamath` (field `answer`).
+- `olympiadbench` (675): `olympiadbench/test.jsonl`, gold `final_answer` (a list); hub `math-ai/olympiadbench`.
+- `gsm8k` (1319): `gsm8k/test.jsonl`, gold = text after `####`; hub `openai/gsm8k` (config `main`).
 
 The conversion itself is `data_prep.gsm8k.convert_records` (same schema as every other converter, see
-`data_prep.verl_format`): ``extra_info.index`` is the 0-based line index of the local file (the row position for a hub
-dataset), so it is stable under ``--limit``; ``reward_model.ground_truth`` is the gold answer as a string.
-OlympiadBench answers come wrapped in ``$...$`` (266 of 675); one enclosing pair is removed
+`data_prep.verl_format`): `extra_info.index` is the 0-based line index of the local file (the row position for a hub
+dataset), so it is stable under `--limit`; `reward_model.ground_truth` is the gold answer as a string.
+OlympiadBench answers come wrapped in `$...$` (266 of 675); one enclosing pair is removed
 (`strip_math_delimiters`) so math-verify parses the gold as plain LaTeX. A list answer (OlympiadBench
-``final_answer``, always one item in the local copy) is joined with ``", "``.
+`final_answer`, always one item in the local copy) is joined with `", "`.
 
-The hub ids are the copies commonly used for these benchmarks; their field names are part of `BENCHMARKS` and were
-not checked against the hub here (this module was written offline). The local copies are the reference.
+The hub ids are the copies commonly used for these benchmarks; their field names are part of `BENCHMARKS` and are
+not checked against the hub. The local copies are the reference.
 
-Run::
+Run:
 
     python -m data_prep.benchmarks --data-dir /work/shared/data --out-dir DIR [--benchmarks math500 aime24] \\
         [--limit N]
 
-which writes ``DIR/<name>.parquet`` for each benchmark (all six by default) and prints the paths.
+which writes `DIR/<name>.parquet` for each benchmark (all six by default) and prints the paths.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from data_prep.verl_format import BOXED_INSTRUCTION, write_parquet
 logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "VERL_MEDS_DATA_DIR"
-"""Environment variable naming the folder of local benchmark copies when ``data_dir`` is not given."""
+"""Environment variable naming the folder of local benchmark copies when `data_dir` is not given."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ class Source:
 
     location (`str`): a path relative to the data folder (local copy) or a hub dataset id.
     question_field (`str`): field holding the problem text.
-    answer_field (`str`): field holding the answer (or the solution, for ``style="boxed"``).
-    style (`str`): answer style of `data_prep.gsm8k.gold_answer` (``"math"``, ``"boxed"`` or ``"gsm8k"``).
+    answer_field (`str`): field holding the answer (or the solution, for `style="boxed"`).
+    style (`str`): answer style of `data_prep.gsm8k.gold_answer` (`"math"`, `"boxed"` or `"gsm8k"`).
     split (`str`, *optional*, defaults to `"test"`): hub split (unused for local files).
     hub_config (`str`, *optional*): hub dataset config (unused for local files).
     """
@@ -72,9 +72,9 @@ class Source:
 class BenchmarkSpec:
     """One evaluation benchmark.
 
-    name (`str`): short name used in file names, summaries and tables (e.g. ``"math500"``).
-    display_name (`str`): column title in the paper-style tables (e.g. ``"MATH500"``).
-    data_source (`str`): value of the parquet ``data_source`` column.
+    name (`str`): short name used in file names, summaries and tables (e.g. `"math500"`).
+    display_name (`str`): column title in the paper-style tables (e.g. `"MATH500"`).
+    data_source (`str`): value of the parquet `data_source` column.
     num_problems (`int`): size of the standard copy; a full conversion with another count logs a warning.
     local (`Source`): the local JSONL copy, relative to the data folder.
     hub (`Source`): the hub copy.
@@ -148,7 +148,7 @@ PAPER_BENCHMARKS: tuple[str, ...] = ("aime24", "amc23", "math500", "minerva_math
 
 
 def get_benchmark(name: str) -> BenchmarkSpec:
-    """The `BenchmarkSpec` called ``name``.
+    """The `BenchmarkSpec` called `name`.
 
     Raises:
         ValueError: for an unknown name; the message lists the valid ones.
@@ -159,7 +159,7 @@ def get_benchmark(name: str) -> BenchmarkSpec:
 
 
 def strip_math_delimiters(answer: str) -> str:
-    """Remove one enclosing ``$...$`` pair when it is the only ``$`` pair in ``answer``.
+    """Remove one enclosing `$...$` pair when it is the only `$` pair in `answer`.
 
     >>> strip_math_delimiters("$\\\\frac{1}{2}$"), strip_math_delimiters("$a$,$b$"), strip_math_delimiters("12")
     ('\\\\frac{1}{2}', '$a$,$b$', '12')
@@ -175,8 +175,8 @@ def resolve_source(
 ) -> tuple[str, Source]:
     """Decide where a benchmark is read from.
 
-    Order: an explicit ``input`` (a local JSONL path, or else a hub id read with the spec's hub fields); then
-    ``data_dir / spec.local.location`` (``data_dir`` defaults to ``$VERL_MEDS_DATA_DIR``) if that file exists; then
+    Order: an explicit `input` (a local JSONL path, or else a hub id read with the spec's hub fields); then
+    `data_dir / spec.local.location` (`data_dir` defaults to `$VERL_MEDS_DATA_DIR`) if that file exists; then
     the hub id.
 
     Args:
@@ -219,11 +219,11 @@ def load_benchmark(
         name (`str`): a key of `BENCHMARKS`.
         input (`str` or `os.PathLike`, *optional*): explicit JSONL path or hub id (see `resolve_source`).
         data_dir (`str` or `os.PathLike`, *optional*): folder of local copies (see `resolve_source`).
-        limit (`int`, *optional*): keep only the first ``limit`` lines (rows).
+        limit (`int`, *optional*): keep only the first `limit` lines (rows).
         instruction (`str`, *optional*, defaults to `BOXED_INSTRUCTION`): appended to each question.
 
     Returns:
-        `list[dict]`: verl rows (schema in `data_prep.verl_format`) with ``extra_info.split = "test"``.
+        `list[dict]`: verl rows (schema in `data_prep.verl_format`) with `extra_info.split = "test"`.
 
     Raises:
         ValueError: for an unknown name, a record without its question field, or a malformed answer.

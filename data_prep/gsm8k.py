@@ -1,18 +1,18 @@
 """Convert GSM8K-style and MATH-style JSONL (or a Hugging Face dataset) to verl parquet.
 
-Answer styles (``--style``):
+Answer styles (`--style`):
 
-- ``gsm8k``: the answer field is a worked solution; the gold answer is the text after the last ``"#### "``, with
-  thousands commas removed (``"#### 1,200" -> "1200"``).
-- ``math``: the answer field is the final answer as given (MATH-500, AIME, AMC, DeepScaleR MATH train). Numbers are
-  written as integers when integral (AMC's ``27.0 -> "27"``); lists are joined with ``", "``.
-- ``boxed``: the gold answer is the content of the last ``\\boxed{...}`` in the answer field (Minerva's ``solution``).
+- `gsm8k`: the answer field is a worked solution; the gold answer is the text after the last `"#### "`, with
+  thousands commas removed (`"#### 1,200" -> "1200"`).
+- `math`: the answer field is the final answer as given (MATH-500, AIME, AMC, DeepScaleR MATH train). Numbers are
+  written as integers when integral (AMC's `27.0 -> "27"`); lists are joined with `", "`.
+- `boxed`: the gold answer is the content of the last `\\boxed{...}` in the answer field (Minerva's `solution`).
 
-``extra_info.index`` is the 0-based line index in the input file (the row position for a hub dataset), so it stays
-stable under ``--limit`` and when records are skipped. Records whose answer is missing or empty are skipped with a
-warning (the DeepScaleR MATH train copy has four); a ``gsm8k`` solution without ``"####"`` is an error.
+`extra_info.index` is the 0-based line index in the input file (the row position for a hub dataset), so it stays
+stable under `--limit` and when records are skipped. Records whose answer is missing or empty are skipped with a
+warning (the DeepScaleR MATH train copy has four); a `gsm8k` solution without `"####"` is an error.
 
-Run::
+Run:
 
     python -m data_prep.gsm8k --input /work/shared/data/gsm8k/train.jsonl --out DIR/gsm8k_train.parquet [--limit N]
     python -m data_prep.gsm8k --input /work/shared/data/math500/test.jsonl --style math \\
@@ -36,24 +36,24 @@ logger = logging.getLogger(__name__)
 
 AnswerStyle = Literal["gsm8k", "math", "boxed"]
 ANSWER_STYLES: tuple[str, ...] = ("gsm8k", "math", "boxed")
-"""Valid values of ``style`` (see the module docstring)."""
+"""Valid values of `style` (see the module docstring)."""
 
 GSM8K_DATA_SOURCE = "openai/gsm8k"
-"""Default ``data_source`` for GSM8K. Note: verl's stock scorer for this name expects ``"#### x"`` answers, while
-our prompts ask for ``\\boxed{}``; grade with the ``verl_meds`` boxed reward."""
+"""Default `data_source` for GSM8K. Note: verl's stock scorer for this name expects `"#### x"` answers, while
+our prompts ask for `\\boxed{}`; grade with the `verl_meds` boxed reward."""
 
 
 def extract_gsm8k_answer(solution: str) -> str:
-    """Gold answer of a GSM8K solution: the text after the last ``"#### "``, commas removed.
+    """Gold answer of a GSM8K solution: the text after the last `"#### "`, commas removed.
 
     Args:
-        solution (`str`): the GSM8K ``answer`` field.
+        solution (`str`): the GSM8K `answer` field.
 
     Returns:
-        `str`: e.g. ``"72"``.
+        `str`: e.g. `"72"`.
 
     Raises:
-        ValueError: if there is no ``"####"`` marker or nothing after it.
+        ValueError: if there is no `"####"` marker or nothing after it.
 
     >>> extract_gsm8k_answer("48/2 = <<48/2=24>>24 clips.\\n#### 1,072")
     '1072'
@@ -107,7 +107,7 @@ def gold_answer(value: Any, style: AnswerStyle) -> str | None:
         `str` or `None`: the gold answer; `None` when the field is missing or empty (the caller skips the record).
 
     Raises:
-        ValueError: for an unknown style, or a ``gsm8k``/``boxed`` field without its marker.
+        ValueError: for an unknown style, or a `gsm8k`/`boxed` field without its marker.
     """
     if style not in ANSWER_STYLES:
         raise ValueError(f"unknown answer style {style!r}; valid styles: {list(ANSWER_STYLES)}")
@@ -133,11 +133,11 @@ def gold_answer(value: Any, style: AnswerStyle) -> str | None:
 
 
 def iter_jsonl(path: str | os.PathLike, limit: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_index, record)`` for each non-blank line of a JSONL file.
+    """Yield `(line_index, record)` for each non-blank line of a JSONL file.
 
     Args:
         path (`str` or `os.PathLike`): the file.
-        limit (`int`, *optional*): stop before line index ``limit``.
+        limit (`int`, *optional*): stop before line index `limit`.
 
     Yields:
         `tuple[int, dict]`: 0-based line index and the parsed object.
@@ -163,11 +163,11 @@ def iter_jsonl(path: str | os.PathLike, limit: int | None = None) -> Iterator[tu
 def iter_hub_dataset(
     name: str, config: str | None, split: str, limit: int | None = None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(row_index, record)`` from a Hugging Face hub dataset (needs network or a local HF cache).
+    """Yield `(row_index, record)` from a Hugging Face hub dataset (needs network or a local HF cache).
 
     Args:
-        name (`str`): hub id, e.g. ``"openai/gsm8k"``.
-        config (`str`, *optional*): dataset config, e.g. ``"main"``.
+        name (`str`): hub id, e.g. `"openai/gsm8k"`.
+        config (`str`, *optional*): dataset config, e.g. `"main"`.
         split (`str`): dataset split.
         limit (`int`, *optional*): stop after this many rows.
 
@@ -193,23 +193,23 @@ def convert_records(
     data_source: str = GSM8K_DATA_SOURCE,
     instruction: str = BOXED_INSTRUCTION,
 ) -> list[dict[str, Any]]:
-    """Convert ``(index, record)`` pairs to verl rows (schema in `data_prep.verl_format`).
+    """Convert `(index, record)` pairs to verl rows (schema in `data_prep.verl_format`).
 
     Args:
-        rows (`Iterable[tuple[int, dict]]`): e.g. from `iter_jsonl`; the index becomes ``extra_info.index``.
-        split (`str`): written to ``extra_info.split``.
+        rows (`Iterable[tuple[int, dict]]`): e.g. from `iter_jsonl`; the index becomes `extra_info.index`.
+        split (`str`): written to `extra_info.split`.
         style (`str`, *optional*, defaults to `"gsm8k"`): one of `ANSWER_STYLES`.
-        question_field (`str`, *optional*): field holding the question; defaults to ``"question"`` for ``gsm8k``
-            and to ``"problem"`` otherwise.
+        question_field (`str`, *optional*): field holding the question; defaults to `"question"` for `gsm8k`
+            and to `"problem"` otherwise.
         answer_field (`str`, *optional*, defaults to `"answer"`): field holding the answer.
-        data_source (`str`, *optional*, defaults to `GSM8K_DATA_SOURCE`): the ``data_source`` column.
+        data_source (`str`, *optional*, defaults to `GSM8K_DATA_SOURCE`): the `data_source` column.
         instruction (`str`, *optional*, defaults to `BOXED_INSTRUCTION`): appended to each question.
 
     Returns:
         `list[dict]`: one row per record with a non-empty answer.
 
     Raises:
-        ValueError: on an unknown style, a record without a non-empty question, or a bad ``gsm8k``/``boxed`` field.
+        ValueError: on an unknown style, a record without a non-empty question, or a bad `gsm8k`/`boxed` field.
     """
     if style not in ANSWER_STYLES:
         raise ValueError(f"unknown answer style {style!r}; valid styles: {list(ANSWER_STYLES)}")
@@ -264,13 +264,13 @@ def convert_file(
 
     Args:
         input (`str` or `os.PathLike`): a JSONL path; if no such file exists it is read as a hub id with
-            ``datasets.load_dataset(input, hf_config, split=split)``.
-        out (`str` or `os.PathLike`): the ``.parquet`` file to write.
-        limit (`int`, *optional*): convert only the first ``limit`` lines (rows).
-        split (`str`, *optional*): ``extra_info.split`` (and the hub split); defaults to the file stem
-            (``train.jsonl -> "train"``), or ``"train"`` for a hub id.
+            `datasets.load_dataset(input, hf_config, split=split)`.
+        out (`str` or `os.PathLike`): the `.parquet` file to write.
+        limit (`int`, *optional*): convert only the first `limit` lines (rows).
+        split (`str`, *optional*): `extra_info.split` (and the hub split); defaults to the file stem
+            (`train.jsonl -> "train"`), or `"train"` for a hub id.
         style, question_field, answer_field, data_source, instruction: see `convert_records`.
-        hf_config (`str`, *optional*, defaults to `"main"`): hub dataset config (GSM8K's is ``"main"``).
+        hf_config (`str`, *optional*, defaults to `"main"`): hub dataset config (GSM8K's is `"main"`).
 
     Returns:
         `Path`: the written file.

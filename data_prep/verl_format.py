@@ -1,17 +1,17 @@
-"""The verl parquet record format shared by every converter in ``data_prep``.
+"""The verl parquet record format shared by every converter in `data_prep`.
 
-verl's ``RLHFDataset`` reads one row per prompt with these columns:
+verl's `RLHFDataset` reads one row per prompt with these columns:
 
-- ``data_source`` (`str`): names the dataset; verl's stock ``default_compute_score`` dispatches on it.
-- ``prompt`` (`list[dict]`): chat messages ``[{"role": "user", "content": ...}]``; verl renders them with
-  ``tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)``.
-- ``ability`` (`str`): ``"math"`` here.
-- ``reward_model`` (`dict`): ``{"style": "rule", "ground_truth": str}``.
-- ``extra_info`` (`dict`): ``{"index": int, "split": str, "question": str, "answer": str}``. ``index`` is stable
-  across runs (a line index or generator index) and is what ``verl_meds`` keys its per-prompt memory on.
+- `data_source` (`str`): names the dataset; verl's stock `default_compute_score` dispatches on it.
+- `prompt` (`list[dict]`): chat messages `[{"role": "user", "content": ...}]`; verl renders them with
+  `tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)`.
+- `ability` (`str`): `"math"` here.
+- `reward_model` (`dict`): `{"style": "rule", "ground_truth": str}`.
+- `extra_info` (`dict`): `{"index": int, "split": str, "question": str, "answer": str}`. `index` is stable
+  across runs (a line index or generator index) and is what `verl_meds` keys its per-prompt memory on.
 
-Every converter writes exactly these fields with exactly these types (``answer`` is always a string, even for the
-integer synthetic task), so files from different converters can be concatenated by ``datasets``.
+Every converter writes exactly these fields with exactly these types (`answer` is always a string, even for the
+integer synthetic task), so files from different converters can be concatenated by `datasets`.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 BOXED_INSTRUCTION = "Put the final answer in \\boxed{}."
-"""Instruction appended (after one space) to every question, so the reward can grade the last ``\\boxed{...}``."""
+"""Instruction appended (after one space) to every question, so the reward can grade the last `\\boxed{...}`."""
 
 VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
 """Top-level columns of every parquet file written here, in order."""
 
 EXTRA_INFO_FIELDS = ("index", "split", "question", "answer")
-"""Fields of the ``extra_info`` struct, in order."""
+"""Fields of the `extra_info` struct, in order."""
 
 
 def build_prompt_text(question: str, instruction: str = BOXED_INSTRUCTION) -> str:
@@ -39,7 +39,7 @@ def build_prompt_text(question: str, instruction: str = BOXED_INSTRUCTION) -> st
 
     Args:
         question (`str`): the problem text, stripped of surrounding whitespace here.
-        instruction (`str`, *optional*, defaults to `BOXED_INSTRUCTION`): appended after one space; ``""`` adds
+        instruction (`str`, *optional*, defaults to `BOXED_INSTRUCTION`): appended after one space; `""` adds
             nothing.
 
     Returns:
@@ -65,19 +65,19 @@ def make_record(
     """Build one verl row (see the module docstring for the schema).
 
     Args:
-        data_source (`str`): value of the ``data_source`` column.
-        question (`str`): raw problem text, kept verbatim in ``extra_info.question``.
-        answer (`str`): gold final answer; becomes ``reward_model.ground_truth`` and ``extra_info.answer``.
-        index (`int`): stable record index (``extra_info.index``).
-        split (`str`): ``"train"``, ``"test"``, ...
+        data_source (`str`): value of the `data_source` column.
+        question (`str`): raw problem text, kept verbatim in `extra_info.question`.
+        answer (`str`): gold final answer; becomes `reward_model.ground_truth` and `extra_info.answer`.
+        index (`int`): stable record index (`extra_info.index`).
+        split (`str`): `"train"`, `"test"`, ...
         instruction (`str`, *optional*, defaults to `BOXED_INSTRUCTION`): see `build_prompt_text`.
-        ability (`str`, *optional*, defaults to `"math"`): value of the ``ability`` column.
+        ability (`str`, *optional*, defaults to `"math"`): value of the `ability` column.
 
     Returns:
         `dict[str, Any]`: the row.
 
     Raises:
-        TypeError: if ``answer`` is not a `str` or ``index`` is not an `int` (mixed types would break the parquet
+        TypeError: if `answer` is not a `str` or `index` is not an `int` (mixed types would break the parquet
             schema).
     """
     if not isinstance(answer, str):
@@ -119,7 +119,7 @@ def write_parquet(records: Iterable[dict[str, Any]], path: str | os.PathLike) ->
 
     Args:
         records (`Iterable[dict]`): rows from `make_record`.
-        path (`str` or `os.PathLike`): destination ``.parquet`` file; parent folders are created.
+        path (`str` or `os.PathLike`): destination `.parquet` file; parent folders are created.
 
     Returns:
         `Path`: the written path.
@@ -148,7 +148,7 @@ def read_parquet(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read a parquet file written by `write_parquet` back into a list of rows (for tests and tools).
 
     Args:
-        path (`str` or `os.PathLike`): the ``.parquet`` file.
+        path (`str` or `os.PathLike`): the `.parquet` file.
 
     Returns:
         `list[dict]`: one dict per row with nested lists/dicts.

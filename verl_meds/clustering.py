@@ -97,7 +97,7 @@ def prepare_rows(X: np.ndarray, l2_normalize: bool) -> tuple[np.ndarray, np.ndar
 
 def _edge_cases(X: np.ndarray, cfg: ClusterConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Shared start of [`fit_labels`] and [`fit_labels_reference`]: prepared rows, labels pre-filled with `NOISE`
-    (non-finite rows stay noise), and the indices of the rows to cluster; ``None`` when the labels are already final
+    (non-finite rows stay noise), and the indices of the rows to cluster; `None` when the labels are already final
     (`method="single"`, or fewer than `min_cluster_size` usable rows)."""
     if cfg.method == "answer":
         raise ValueError(
@@ -170,8 +170,8 @@ def fit_labels_reference(X: np.ndarray, cfg: ClusterConfig, algorithm: str = "be
     [`fit_labels`] computed by scikit-learn-contrib `hdbscan.HDBSCAN`, the slow reference.
 
     Same arguments, edge cases and label numbering (first row) as [`fit_labels`]; used by tests and
-    `benchmarks/bench_cluster.py`. `algorithm` is contrib's: `"best"` (its default, what `fit_labels` ran before the
-    fast path and what the authors run) or `"generic"` (exact spanning tree, the same tree as [`fit_labels`]).
+    `benchmarks/bench_cluster.py`. `algorithm` is contrib's: `"best"` (its default, what the authors run) or
+    `"generic"` (exact spanning tree, the same tree as [`fit_labels`]).
 
     Contrib has no absolute scale and takes tied merges in storage order, so it is the reference only for
     `merge_distance=0, max_distance=None, ties="order"`. Any other config (`ties` must then be `"merge"`) is

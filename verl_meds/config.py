@@ -429,7 +429,8 @@ REMOVED_SHAPING_KEYS: dict[str, str] = {
     "std_eps": "verl's GRPO epsilon (1e-6) is used",
     "norm_adv_by_std": "set algorithm.norm_adv_by_std_in_grpo (false = Dr. GRPO) instead",
 }
-"""Former `shaping` keys that never reached verl's estimator, and what to use instead (rejected with that hint)."""
+"""`shaping` keys that are refused because verl's estimator owns what they would set, each with the option to use
+instead (the error message gives it)."""
 
 
 @dataclass

@@ -1,23 +1,25 @@
 r"""Logit-lens features at the final-answer token (MEDS paper, Sec. 3, "Logic Feature Extraction").
 
-For a response whose first final-answer token ``t`` sits at absolute position ``p`` of its sequence, the feature of
-layer ``l`` is the logit the LM head would give ``t`` if it read layer ``l``'s hidden state at the position that
-predicts ``t``:
+For a response whose first final-answer token `t` sits at absolute position `p` of its sequence, the feature of
+layer `l` is the logit the LM head would give `t` if it read layer `l`'s hidden state at the position that
+predicts `t`:
 
-.. math::  f_l = \langle \mathrm{norm}(h_l[p-1]),\; W_U[t] \rangle
+$$
+f_l = \langle \mathrm{norm}(h_l[p-1]),\; W_U[t] \rangle
+$$
 
-``h_l`` is HF's ``hidden_states[l]`` (``l = 1..L``; entry 0 is the embedding output). The last entry,
-``hidden_states[L]``, has *already* passed the model's final norm, so it is never normed again. With
-``final_norm=True`` (our default: the standard logit lens, where every layer is read the way the LM head reads the
-last one) intermediate layers pass through the final norm first; ``final_norm=False`` projects them raw, which is what
-the authors' code does. Only the rows ``W_U[t]`` are read: nothing is ever projected onto the whole vocabulary.
+`h_l` is HF's `hidden_states[l]` (`l = 1..L`; entry 0 is the embedding output). The last entry,
+`hidden_states[L]`, has *already* passed the model's final norm, so it is never normed again. With
+`final_norm=True` (our default: the standard logit lens, where every layer is read the way the LM head reads the
+last one) intermediate layers pass through the final norm first; `final_norm=False` projects them raw, which is what
+the authors' code does. Only the rows `W_U[t]` are read: nothing is ever projected onto the whole vocabulary.
 
 Two implementations are kept side by side (STYLE B.1.5):
 
-- :class:`LogitLensCapture` (product path): forward hooks that keep only the ``(n, D)`` rows at the predicting
+- [`LogitLensCapture`] (product path): forward hooks that keep only the `(n, D)` rows at the predicting
   positions of each selected layer, and compute the features inside the LM head's forward pre-hook, where FSDP has
-  the head's weight gathered. No second forward pass and no ``output_hidden_states``.
-- :func:`logit_lens_from_hidden_states` (reference): the same values from a full ``output_hidden_states=True`` pass,
+  the head's weight gathered. No second forward pass and no `output_hidden_states`.
+- [`logit_lens_from_hidden_states`] (reference): the same values from a full `output_hidden_states=True` pass,
   used by tests.
 
 Shapes: N rollouts, S sequence positions, D hidden size, V vocabulary, L layers, F selected-layer features.
@@ -46,10 +48,10 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder-layer list of an HF causal LM (``model.model.layers`` for Llama/Qwen/Mistral families).
+    """The decoder-layer list of an HF causal LM (`model.model.layers` for Llama/Qwen/Mistral families).
 
     Raises:
-        ValueError: when no ``nn.ModuleList`` of ``config.num_hidden_layers`` modules is found.
+        ValueError: when no `nn.ModuleList` of `config.num_hidden_layers` modules is found.
     """
     model = _unwrap(model)
     inner = getattr(model, "model", None)
@@ -64,7 +66,7 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def find_final_norm(model: nn.Module) -> nn.Module:
-    """The final norm applied before the LM head (``model.model.norm`` for Llama/Qwen families).
+    """The final norm applied before the LM head (`model.model.norm` for Llama/Qwen families).
 
     Raises:
         ValueError: when none of the known attribute names exists.
@@ -95,16 +97,16 @@ class LogitLensCapture:
 
     Args:
         model (`nn.Module`): the HF causal LM (plain, FSDP/FSDP2-wrapped or peft-wrapped).
-        layers (`Sequence[int]`): 1-based layer numbers (``hidden_states`` indices) to read, e.g. ``[5, 6, 7, 8]``.
+        layers (`Sequence[int]`): 1-based layer numbers (`hidden_states` indices) to read, e.g. `[5, 6, 7, 8]`.
         final_norm (`bool`): pass intermediate layers through the final norm before projecting (see module doc).
         flat_positions (`torch.LongTensor` of shape `(n,)`): index, into the forward's hidden states flattened to
-            ``(B*S, D)``, of the position that predicts each answer token (``p - 1`` in sequence coordinates).
-        answer_tokens (`torch.LongTensor` of shape `(n,)`): the answer token id ``t`` of each row.
+            `(B*S, D)`, of the position that predicts each answer token (`p - 1` in sequence coordinates).
+        answer_tokens (`torch.LongTensor` of shape `(n,)`): the answer token id `t` of each row.
 
-    After the ``with`` block, :attr:`features` is a float32 tensor of shape `(n, len(layers))` on the CPU.
+    After the `with` block, [`features`] is a float32 tensor of shape `(n, len(layers))` on the CPU.
 
     Raises:
-        ValueError: at construction, for layer numbers outside ``[1, L]`` or mismatched position/token lengths.
+        ValueError: at construction, for layer numbers outside `[1, L]` or mismatched position/token lengths.
         RuntimeError: on exit, when the LM head never ran (e.g. fused kernels that bypass it) or a hooked layer
             produced fewer positions than requested.
     """
@@ -209,12 +211,12 @@ def logit_lens_from_hidden_states(
     layers: Sequence[int],
     final_norm: bool = True,
 ) -> torch.Tensor:
-    """Reference logit lens from HF ``output_hidden_states=True`` outputs (for tests; materialises every layer).
+    """Reference logit lens from HF `output_hidden_states=True` outputs (for tests; materialises every layer).
 
     Args:
-        hidden_states (`Sequence[torch.Tensor]`): ``L + 1`` tensors of shape `(N, S, D)`; entry 0 is the embedding
-            output and entry ``L`` has passed the final norm (HF convention).
-        pred_positions (`torch.LongTensor` of shape `(N,)`): position ``p - 1`` predicting each answer token.
+        hidden_states (`Sequence[torch.Tensor]`): `L + 1` tensors of shape `(N, S, D)`; entry 0 is the embedding
+            output and entry `L` has passed the final norm (HF convention).
+        pred_positions (`torch.LongTensor` of shape `(N,)`): position `p - 1` predicting each answer token.
         answer_tokens (`torch.LongTensor` of shape `(N,)`): answer token ids.
         lm_head_weight (`torch.Tensor` of shape `(V, D)`): the LM head (unembedding) matrix.
         norm (`nn.Module`): the model's final norm.
@@ -242,13 +244,13 @@ def finalize_features(raw: torch.Tensor, diff: bool) -> torch.Tensor:
 
     Args:
         raw (`torch.Tensor` of shape `(N, L_sel)`): per-layer logit-lens values, float.
-        diff (`bool`): return consecutive differences ``raw[:, 1:] - raw[:, :-1]`` (shape `(N, L_sel - 1)`).
+        diff (`bool`): return consecutive differences `raw[:, 1:] - raw[:, :-1]` (shape `(N, L_sel - 1)`).
 
     Returns:
         `torch.Tensor` float32 of shape `(N, L_sel)` or `(N, L_sel - 1)`.
 
     Raises:
-        ValueError: for ``diff=True`` with fewer than 2 layers.
+        ValueError: for `diff=True` with fewer than 2 layers.
     """
     raw = raw.float()
     if not diff:

@@ -1,6 +1,6 @@
 """Command line of the analysis: records in, per-step metrics (JSON) and plots (PNG) out.
 
-Run::
+Run:
 
     python -m verl_meds.analysis --out DIR --records MEDS=outputs/meds/analysis.jsonl \\
         --records GRPO=outputs/grpo/analysis.jsonl

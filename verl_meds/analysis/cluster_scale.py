@@ -189,7 +189,7 @@ def single_digit_mode_label(problem: Any, answer: str | None) -> str:
 
 
 def _task_functions(task: str) -> tuple[Any, Any]:
-    """`(prompt_messages, label_of)` of a task of `TASKS`; ``label_of(problem, answer)`` gives the error mode."""
+    """`(prompt_messages, label_of)` of a task of `TASKS`; `label_of(problem, answer)` gives the error mode."""
     if task == "synthetic":
         from data_prep.tiny_model import prompt_messages
         from verl_meds.analysis.experiment import mode_label

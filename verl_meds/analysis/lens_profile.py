@@ -1,16 +1,18 @@
 r"""Layer-by-layer logit-lens profile of one token: its lens logit, its rank in the vocabulary, the top-1 token.
 
 MEDS's features (`verl_meds.features`) read only the answer token's row of the LM head. To see *how* a model
-arrives at an answer it helps to also know where that token ranks among all ``V`` tokens at each depth, which needs
+arrives at an answer it helps to also know where that token ranks among all `V` tokens at each depth, which needs
 the full-vocabulary projection MEDS avoids. This module computes it for analysis and documentation (one forward
-pass with ``output_hidden_states=True``; cost ``O(L * N * V * D)``):
+pass with `output_hidden_states=True`; cost `O(L * N * V * D)`):
 
-.. math::  \ell_l = \mathrm{lens}_l(h_l[p-1]) \cdot W_U^\top, \qquad
-           \mathrm{lens}_l = \mathrm{norm} \text{ for } l < L \text{ (with final\_norm)}, \quad \mathrm{identity}
-           \text{ for } l = L
+$$
+\ell_l = \mathrm{lens}_l(h_l[p-1]) \cdot W_U^\top, \qquad
+\mathrm{lens}_l = \mathrm{norm} \text{ for } l < L \text{ (with final\_norm)}, \quad \mathrm{identity}
+\text{ for } l = L
+$$
 
-(``hidden_states[L]`` has already passed the final norm), so ``logits[l - 1, n]`` equals the MEDS feature of layer
-``l`` and, at ``l = L``, the model's own output logit.
+(`hidden_states[L]` has already passed the final norm), so `logits[l - 1, n]` equals the MEDS feature of layer
+`l` and, at `l = L`, the model's own output logit.
 
 Shapes: L layers, N sequences, S positions, V vocabulary.
 """
@@ -29,7 +31,7 @@ __all__ = ["LensProfile", "lens_profile"]
 
 @dataclass(frozen=True)
 class LensProfile:
-    """Per-layer view of one target token per sequence (layer ``l`` is row ``l - 1``).
+    """Per-layer view of one target token per sequence (layer `l` is row `l - 1`).
 
     Args:
         logits (`torch.Tensor` of shape `(L, N)`, float32): lens logit of the target token.
@@ -69,23 +71,23 @@ def lens_profile(
     final_norm: bool = True,
     attention_mask: torch.Tensor | None = None,
 ) -> LensProfile:
-    """Logit-lens profile of ``target_tokens`` at ``pred_positions`` across all layers of an HF causal LM.
+    """Logit-lens profile of `target_tokens` at `pred_positions` across all layers of an HF causal LM.
 
     Args:
-        model (`nn.Module`): an HF causal LM (not FSDP-wrapped) with ``get_output_embeddings()``.
+        model (`nn.Module`): an HF causal LM (not FSDP-wrapped) with `get_output_embeddings()`.
         input_ids (`torch.LongTensor` of shape `(N, S)`): token ids.
         pred_positions (`torch.LongTensor` of shape `(N,)`): position whose hidden state predicts the target (the
             target's own position minus one).
         target_tokens (`torch.LongTensor` of shape `(N,)`): the token whose logit and rank are reported.
         final_norm (`bool`, *optional*, defaults to `True`): pass intermediate layers through the final norm (the
-            MEDS default); ``False`` projects them raw. Layer L is never normed again.
+            MEDS default); `False` projects them raw. Layer L is never normed again.
         attention_mask (`torch.LongTensor` of shape `(N, S)`, *optional*): for padded batches.
 
     Returns:
         `LensProfile` with tensors of shape `(L, N)`.
 
     Raises:
-        ValueError: when the shapes disagree or a position is outside ``[0, S)``.
+        ValueError: when the shapes disagree or a position is outside `[0, S)`.
     """
     n, s = input_ids.shape
     if pred_positions.shape != (n,) or target_tokens.shape != (n,):

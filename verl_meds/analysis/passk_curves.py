@@ -51,12 +51,12 @@ __all__ = [
 
 def load_problem_counts(val_file: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:
     """
-    Per-problem sample and correct counts from one verl validation dump (``<step>.jsonl``, one row per sample).
+    Per-problem sample and correct counts from one verl validation dump (`<step>.jsonl`, one row per sample).
 
-    A sample is correct when its ``acc`` (else ``score``) is above 0.5, as in the experiment's other measures.
+    A sample is correct when its `acc` (else `score`) is above 0.5, as in the experiment's other measures.
 
     Args:
-        val_file (`str` or `os.PathLike`): a ``trainer.validation_data_dir`` file with ``input`` and ``acc``/``score``.
+        val_file (`str` or `os.PathLike`): a `trainer.validation_data_dir` file with `input` and `acc`/`score`.
 
     Returns:
         `tuple[list[str], np.ndarray, np.ndarray]`: the problems (prompt text, sorted), n and c as int64 arrays of
@@ -139,7 +139,7 @@ def bootstrap_curve(
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """
-    Mean and two-sided Student-t interval; ``(mean, nan, nan)`` for one finite value, all NaN for none.
+    Mean and two-sided Student-t interval; `(mean, nan, nan)` for one finite value, all NaN for none.
 
     Non-finite values are left out (the same rule as `verl_meds.analysis.experiment.mean_ci`).
     """
@@ -182,7 +182,7 @@ def paired_curve_difference(
     curves: Mapping[int, Sequence[float]], baseline: Mapping[int, Sequence[float]], confidence: float = 0.95
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
     """
-    Per-k mean and t-interval of ``curves[s] - baseline[s]`` over the seeds both have.
+    Per-k mean and t-interval of `curves[s] - baseline[s]` over the seeds both have.
 
     Returns:
         `tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]`: mean, lower, upper (shape `(K,)`) and the seeds
