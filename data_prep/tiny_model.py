@@ -20,7 +20,7 @@ Run::
 
     python -m data_prep.tiny_model --out .cache/tiny_model [--seed 0] [--attention vllm_cpu]
 
-``--attention vllm_cpu`` builds the variant that vLLM's CPU attention accepts (`ATTENTION_PRESETS`: 2 query heads
+`--attention vllm_cpu` builds the variant that vLLM's CPU attention accepts (`ATTENTION_PRESETS`: 2 query heads
 and 1 key/value head of size 32 instead of 4 and 2 of size 16; the same parameter count), the model of the vLLM
 rollout recipe (docs/vllm-cpu.md).
 """
@@ -85,13 +85,13 @@ ATTENTION_PRESETS: dict[str, dict[str, int]] = {
     "default": {"num_attention_heads": 4, "num_key_value_heads": 2},
     "vllm_cpu": {"num_attention_heads": 2, "num_key_value_heads": 1},
 }
-"""Named head layouts for `TinyModelConfig`. ``default`` (head size 16) is the tiny CPU setup's model;
-``vllm_cpu`` (head size 32) is the smallest layout of the same width that vLLM's CPU attention runs (it rejects
+"""Named head layouts for `TinyModelConfig`. `default` (head size 16) is the tiny CPU setup's model;
+`vllm_cpu` (head size 32) is the smallest layout of the same width that vLLM's CPU attention runs (it rejects
 head sizes under `VLLM_CPU_MIN_HEAD_DIM`). Both have the same number of parameters: the query and output
 projections keep their shape, and one key/value head of 32 is as wide as two of 16."""
 
 VLLM_CPU_MIN_HEAD_DIM = 32
-"""Smallest head size vLLM 0.31's CPU attention accepts (``Unsupported CPU attention configuration: head_dim=16``)."""
+"""Smallest head size vLLM 0.31's CPU attention accepts (`Unsupported CPU attention configuration: head_dim=16`)."""
 
 DEFAULT_MIX: dict[str, float] = {
     "correct": 0.4,
@@ -186,15 +186,15 @@ class TinyModelConfig:
 
     @property
     def head_dim(self) -> int:
-        """`int`: size of one attention head (``hidden_size / num_attention_heads``)."""
+        """`int`: size of one attention head (`hidden_size / num_attention_heads`)."""
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
     def with_attention(cls, preset: str, **kwargs: Any) -> TinyModelConfig:
-        """A config with the head layout ``preset`` of `ATTENTION_PRESETS` and ``kwargs`` for the other fields.
+        """A config with the head layout `preset` of `ATTENTION_PRESETS` and `kwargs` for the other fields.
 
         Raises:
-            ValueError: if ``preset`` is not a key of `ATTENTION_PRESETS`.
+            ValueError: if `preset` is not a key of `ATTENTION_PRESETS`.
 
         >>> TinyModelConfig.with_attention("vllm_cpu").head_dim
         32

@@ -1,8 +1,8 @@
 """End-to-end: 2 real steps of `meds_dapo` with verl's vLLM async rollout on CPU (docs/vllm-cpu.md).
 
-The run is a separate process in the vLLM environment (``.venv-vllm``, from ``scripts/install_vllm_cpu.sh``; another
-interpreter with ``VERL_MEDS_VLLM_PYTHON``), on the tiny model with 2 attention heads of size 32, with the recipe
-option ``+rollout_engine=vllm_cpu``. The test checks what the hf-rollout test checks (features captured, penalties,
+The run is a separate process in the vLLM environment (`.venv-vllm`, from `scripts/install_vllm_cpu.sh`; another
+interpreter with `VERL_MEDS_VLLM_PYTHON`), on the tiny model with 2 attention heads of size 32, with the recipe
+option `+rollout_engine=vllm_cpu`. The test checks what the hf-rollout test checks (features captured, penalties,
 memory checkpoint) and that the policy's weights reached vLLM:
 
 - the weights vLLM loaded at each sync are bit-identical to the actor's: the first sync to the model folder, the

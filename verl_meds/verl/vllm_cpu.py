@@ -1,32 +1,32 @@
 """vLLM worker extension that lets verl's weight sync load into vLLM's CPU model (docs/vllm-cpu.md).
 
 verl 0.9.1 syncs the FSDP actor's weights into its vLLM rollout server every step: the actor sends buckets of named
-tensors over ZeroMQ (through shared memory on CPU), and verl's worker extension (``vLLMColocateWorkerExtension``)
-hands each bucket to ``model.load_weights`` of the live vLLM model. On vLLM's CPU platform that load fails: after the
+tensors over ZeroMQ (through shared memory on CPU), and verl's worker extension (`vLLMColocateWorkerExtension`)
+hands each bucket to `model.load_weights` of the live vLLM model. On vLLM's CPU platform that load fails: after the
 first load vLLM repacks every linear layer's weight for its CPU kernels and leaves an empty parameter without a
-``weight_loader`` (``AttributeError: 'Parameter' object has no attribute 'weight_loader'``). vLLM's own in-place
-reload of a running model (``model_runner.reload_weights``, layer-wise: it restores the layers' loading form, loads,
+`weight_loader` (`AttributeError: 'Parameter' object has no attribute 'weight_loader'`). vLLM's own in-place
+reload of a running model (`model_runner.reload_weights`, layer-wise: it restores the layers' loading form, loads,
 and repacks again) handles those layers.
 
-:class:`CPUReloadWorkerExtension` is verl's extension with one method replaced, ``update_weights_from_ipc``:
+`CPUReloadWorkerExtension` is verl's extension with one method replaced, `update_weights_from_ipc`:
 
 1. receive verl's buckets with verl's own receiver, copying each tensor (the bucket buffer is reused for the next
-   bucket), with a bound on each wait for the trainer (``VERL_MEDS_VLLM_RECEIVE_TIMEOUT_S``, default 300 s);
-2. after the last bucket, load them all with ``model_runner.reload_weights``.
+   bucket), with a bound on each wait for the trainer (`VERL_MEDS_VLLM_RECEIVE_TIMEOUT_S`, default 300 s);
+2. after the last bucket, load them all with `model_runner.reload_weights`.
 
 Errors never leave the trainer waiting: a failure while receiving is held until the last bucket has been
 acknowledged, then raised, so verl's sender (which waits for each acknowledgement without a timeout) always
-finishes and the error reaches the trainer through verl's ``collective_rpc`` call. LoRA syncs are refused.
+finishes and the error reaches the trainer through verl's `collective_rpc` call. LoRA syncs are refused.
 
 It is selected by configuration alone, in the vLLM engine arguments that verl forwards:
-``actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls=verl_meds.verl.vllm_cpu.CPUReloadWorkerExtension``
-(``recipes/meds/config/rollout_engine/vllm_cpu.yaml``). No verl or vLLM file is changed.
+`actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls=verl_meds.verl.vllm_cpu.CPUReloadWorkerExtension`
+(`recipes/meds/config/rollout_engine/vllm_cpu.yaml`). No verl or vLLM file is changed.
 
 Importing this module needs neither verl nor vLLM: the class is built on first access (vLLM resolves it by name
 inside its worker process), so the digest helpers below also serve tests that run without vLLM.
 
-With ``VERL_MEDS_VLLM_SYNC_LOG=<file>`` every sync appends one JSON line: sync index, tensors, bytes,
-:func:`weights_digest` of what was loaded, and the receive and reload times. The e2e test compares these digests
+With `VERL_MEDS_VLLM_SYNC_LOG=<file>` every sync appends one JSON line: sync index, tensors, bytes,
+`weights_digest` of what was loaded, and the receive and reload times. The e2e test compares these digests
 with the actor's checkpoints.
 """
 
@@ -60,7 +60,7 @@ def weights_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     Two state dicts have the same digest exactly when they hold the same names with bit-identical values.
 
     Args:
-        named_tensors (`Iterable[tuple[str, torch.Tensor]]`): ``(name, tensor)`` pairs; the names must be unique.
+        named_tensors (`Iterable[tuple[str, torch.Tensor]]`): `(name, tensor)` pairs; the names must be unique.
 
     Returns:
         `str`: 64 hex digits.
@@ -101,7 +101,7 @@ def _append_sync_record(record: dict[str, Any]) -> None:
 
 SHM_DIR = Path("/dev/shm")
 SHM_PATTERNS = ("psm_*", "verl_weights_*", "sem.loky-*")
-"""Shared-memory files a vLLM CPU run creates: vLLM's message queues (``psm_*``, Python's unnamed segments), verl's
+"""Shared-memory files a vLLM CPU run creates: vLLM's message queues (`psm_*`, Python's unnamed segments), verl's
 weight buckets, and the semaphores of joblib's worker pools in vLLM's processes. When Ray ends the rollout server,
 they stay behind (about 400 MB per run)."""
 
@@ -134,7 +134,7 @@ def segments_in_use() -> set[str]:
 
 
 def remove_stale_shm(before: set[str]) -> list[str]:
-    """Remove the segments that appeared since ``before`` (a `shm_segments` snapshot) and no process uses.
+    """Remove the segments that appeared since `before` (a `shm_segments` snapshot) and no process uses.
 
     Segments that existed before, or that a live process still has open or mapped (another run's), are kept.
 
@@ -158,7 +158,7 @@ def remove_stale_shm(before: set[str]) -> list[str]:
 
 
 def _build_receiver_class():
-    """verl's ``BucketedWeightReceiver`` whose waits are bounded (a stalled sender raises instead of hanging)."""
+    """verl's `BucketedWeightReceiver` whose waits are bounded (a stalled sender raises instead of hanging)."""
     import zmq
     from verl.workers.rollout.vllm_rollout.bucketed_weight_transfer import BucketedWeightReceiver
 
@@ -197,7 +197,7 @@ def _build_extension_class():
             """Receive one weight sync from verl's sender, then reload the live model with it (module docstring).
 
             Raises:
-                NotImplementedError: for a LoRA sync (``peft_config`` set).
+                NotImplementedError: for a LoRA sync (`peft_config` set).
                 TimeoutError: when the trainer sends nothing for `receive_timeout_s` seconds.
                 RuntimeError: when a bucket could not be copied, or the reload failed (the cause is chained).
             """
@@ -258,7 +258,7 @@ _classes: dict[str, Any] = {}
 
 
 def __getattr__(name: str) -> Any:
-    """Build ``CPUReloadWorkerExtension`` on first access (it needs verl and vLLM; the rest of the module does not)."""
+    """Build `CPUReloadWorkerExtension` on first access (it needs verl and vLLM; the rest of the module does not)."""
     if name == "CPUReloadWorkerExtension":
         if name not in _classes:
             _classes[name] = _build_extension_class()

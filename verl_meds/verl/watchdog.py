@@ -1,30 +1,30 @@
 """Stage watchdog: a rollout stage that stops making progress ends the run with an error naming the stage.
 
 Without it, a failure inside verl's rollout can turn into a silent hang: in verl 0.9.1 the weight sync sends each
-bucket over a ZeroMQ socket and waits for the vLLM worker's acknowledgement with a blocking ``recv`` and no
+bucket over a ZeroMQ socket and waits for the vLLM worker's acknowledgement with a blocking `recv` and no
 timeout, so when the worker fails to load a bucket the trainer waits forever (docs/vllm-cpu.md, "No silent hang").
 The watchdog bounds the two rollout stages that the trainer waits on:
 
-- **weight sync** (``CheckpointEngineManager.update_weights``: FSDP actor -> rollout servers, once before the first
-  step and after every step), bounded by ``weight_sync_s``;
-- **generate** (``AgentLoopManager.generate_sequences``: the agent loop's rollouts of one training or validation
-  batch), bounded by ``generate_s``.
+- **weight sync** (`CheckpointEngineManager.update_weights`: FSDP actor -> rollout servers, once before the first
+  step and after every step), bounded by `weight_sync_s`;
+- **generate** (`AgentLoopManager.generate_sequences`: the agent loop's rollouts of one training or validation
+  batch), bounded by `generate_s`.
 
-A stage that runs past its bound raises :class:`StageTimeoutError` in the trainer, which ends the run; verl's
+A stage that runs past its bound raises `StageTimeoutError` in the trainer, which ends the run; verl's
 shutdown of Ray then ends the stuck workers. The stage runs in a helper thread while the trainer waits on it with a
-deadline (a blocked ``recv`` or ``ray.get`` cannot be interrupted from outside); the helper thread is a daemon and
+deadline (a blocked `recv` or `ray.get` cannot be interrupted from outside); the helper thread is a daemon and
 is abandoned with the run.
 
-Switched on with verl's own extension points, no verl file changed (``recipes/meds/config/rollout_engine/
-vllm_cpu.yaml`` sets all three keys):
+Switched on with verl's own extension points, no verl file changed (the recipe option
+`recipes/meds/config/rollout_engine/vllm_cpu.yaml` sets all three keys):
 
-- ``actor_rollout_ref.rollout.checkpoint_engine.custom_backend_module=verl_meds.verl.watchdog_hook``: verl imports
-  that module when it builds its ``CheckpointEngineManager`` (in the trainer's process, before the first weight
-  sync), and the import bounds ``CheckpointEngineManager.update_weights`` in that process (:func:`watch_weight_sync`);
+- `actor_rollout_ref.rollout.checkpoint_engine.custom_backend_module=verl_meds.verl.watchdog_hook`: verl imports
+  that module when it builds its `CheckpointEngineManager` (in the trainer's process, before the first weight
+  sync), and the import bounds `CheckpointEngineManager.update_weights` in that process (`watch_weight_sync`);
   importing this module alone changes nothing;
-- ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=verl_meds.verl.watchdog.WatchedAgentLoopManager``:
-  verl's TransferQueue agent-loop manager whose ``generate_sequences`` runs under the watchdog;
-- the bounds, in seconds (``null``: unbounded), in verl's free-form rollout block ``custom``, read at every call:
+- `actor_rollout_ref.rollout.agent.agent_loop_manager_class=verl_meds.verl.watchdog.WatchedAgentLoopManager`:
+  verl's TransferQueue agent-loop manager whose `generate_sequences` runs under the watchdog;
+- the bounds, in seconds (`null`: unbounded), in verl's free-form rollout block `custom`, read at every call:
 
 ```yaml
 actor_rollout_ref:
@@ -35,7 +35,7 @@ actor_rollout_ref:
         generate_s: 900
 ```
 
-The bounds cover the synchronous trainers (``sync`` and the MEDS trainer), which call both stages from plain code.
+The bounds cover the synchronous trainers (`sync` and the MEDS trainer), which call both stages from plain code.
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONFIG_KEY = "stage_watchdog"
-"""Key of the bounds in ``actor_rollout_ref.rollout.custom`` (verl's free-form block of the rollout config)."""
+"""Key of the bounds in `actor_rollout_ref.rollout.custom` (verl's free-form block of the rollout config)."""
 
 WEIGHT_SYNC = "weight sync (FSDP actor -> rollout server)"
 GENERATE = "generate (agent loop -> rollout server)"
-"""Stage names as they appear in :class:`StageTimeoutError` messages."""
+"""Stage names as they appear in `StageTimeoutError` messages."""
 
 
 class StageTimeoutError(TimeoutError):
@@ -95,7 +95,7 @@ class WatchdogConfig:
 
     @classmethod
     def from_custom(cls, custom: Any) -> WatchdogConfig:
-        """The bounds in a rollout config's ``custom`` block (a dict, a DictConfig or `None`; defaults when missing).
+        """The bounds in a rollout config's `custom` block (a dict, a DictConfig or `None`; defaults when missing).
 
         Raises:
             ValueError: on a key the block does not know, or a bound that is not positive.
@@ -109,28 +109,28 @@ class WatchdogConfig:
 
     @classmethod
     def from_trainer_config(cls, config: Any) -> WatchdogConfig:
-        """The bounds of a verl trainer config (``actor_rollout_ref.rollout.custom.stage_watchdog``)."""
+        """The bounds of a verl trainer config (`actor_rollout_ref.rollout.custom.stage_watchdog`)."""
         return cls.from_custom(config.actor_rollout_ref.rollout.get("custom"))
 
 
 def run_stage(stage: str, fn: Callable[[], T], timeout_s: float | None, hint: str = "") -> T:
-    """Run ``fn()`` and return its result, or raise :class:`StageTimeoutError` once ``timeout_s`` has passed.
+    """Run `fn()` and return its result, or raise `StageTimeoutError` once `timeout_s` has passed.
 
-    ``fn`` runs in a daemon thread; the caller waits for it with a deadline. An exception raised by ``fn`` is
+    `fn` runs in a daemon thread; the caller waits for it with a deadline. An exception raised by `fn` is
     re-raised in the caller unchanged. After a timeout the thread is left running (it cannot be stopped from
     outside) and its eventual result is dropped.
 
     Args:
         stage (`str`): name used in the error message and the log.
         fn (`Callable[[], T]`): the stage.
-        timeout_s (`float`, *optional*): bound in seconds; `None` calls ``fn`` directly, with no thread.
+        timeout_s (`float`, *optional*): bound in seconds; `None` calls `fn` directly, with no thread.
         hint (`str`, *optional*): appended to the error message (what to look at, which key sets the bound).
 
     Returns:
-        `T`: what ``fn`` returned.
+        `T`: what `fn` returned.
 
     Raises:
-        StageTimeoutError: when ``fn`` is still running after ``timeout_s`` seconds.
+        StageTimeoutError: when `fn` is still running after `timeout_s` seconds.
 
     >>> run_stage("add", lambda: 1 + 1, timeout_s=5.0)
     2
@@ -161,9 +161,9 @@ def run_stage(stage: str, fn: Callable[[], T], timeout_s: float | None, hint: st
 
 
 def watched(stage: str, method: Callable[..., T], timeout_s: Callable[[Any], float | None], hint: str = ""):
-    """``method`` (a plain function taking ``self``) wrapped in :func:`run_stage`; ``timeout_s(self)`` is its bound.
+    """`method` (a plain function taking `self`) wrapped in `run_stage`; `timeout_s(self)` is its bound.
 
-    The wrapper is marked (``__stage_watchdog__``) so that wrapping twice is detected by :func:`is_watched`.
+    The wrapper is marked (`__stage_watchdog__`) so that wrapping twice is detected by `is_watched`.
     """
 
     @functools.wraps(method)
@@ -175,20 +175,20 @@ def watched(stage: str, method: Callable[..., T], timeout_s: Callable[[Any], flo
 
 
 def is_watched(method: Any) -> bool:
-    """Whether ``method`` is a wrapper made by :func:`watched`."""
+    """Whether `method` is a wrapper made by `watched`."""
     return getattr(method, "__stage_watchdog__", None) is not None
 
 
 def _weight_sync_bound(manager: Any) -> float | None:
-    """The weight-sync bound of a ``CheckpointEngineManager``, from its replicas' rollout config."""
+    """The weight-sync bound of a `CheckpointEngineManager`, from its replicas' rollout config."""
     replicas = getattr(manager, "replicas", None) or []
     return WatchdogConfig.from_custom(replicas[0].config.custom).weight_sync_s if replicas else None
 
 
 def watch_weight_sync() -> None:
-    """Bound verl's ``CheckpointEngineManager.update_weights`` in this process (idempotent).
+    """Bound verl's `CheckpointEngineManager.update_weights` in this process (idempotent).
 
-    The bound is read at every call from the manager's rollout config (``custom.stage_watchdog.weight_sync_s``,
+    The bound is read at every call from the manager's rollout config (`custom.stage_watchdog.weight_sync_s`,
     default `WatchdogConfig.weight_sync_s`).
     """
     from verl.checkpoint_engine import CheckpointEngineManager
@@ -213,8 +213,8 @@ def _agent_loop_manager_base():
 class WatchedAgentLoopManager(_agent_loop_manager_base()):
     """verl's TransferQueue agent-loop manager with the stage watchdog (module docstring).
 
-    Select it with ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=
-    verl_meds.verl.watchdog.WatchedAgentLoopManager``; the bounds come from ``rollout.custom.stage_watchdog``.
+    Select it with `actor_rollout_ref.rollout.agent.agent_loop_manager_class=
+    verl_meds.verl.watchdog.WatchedAgentLoopManager`; the bounds come from `rollout.custom.stage_watchdog`.
     """
 
     def __init__(self, config, *args: Any, **kwargs: Any) -> None:
@@ -223,7 +223,7 @@ class WatchedAgentLoopManager(_agent_loop_manager_base()):
         super().__init__(config, *args, **kwargs)
 
     def generate_sequences(self, prompts):
-        """verl's ``generate_sequences``, bounded by ``stage_watchdog.generate_s``."""
+        """verl's `generate_sequences`, bounded by `stage_watchdog.generate_s`."""
         return run_stage(
             GENERATE,
             lambda: super(WatchedAgentLoopManager, self).generate_sequences(prompts),
