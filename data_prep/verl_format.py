@@ -22,34 +22,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from verl_meds.tasks.prompt import BOXED_INSTRUCTION, build_prompt_text  # noqa: F401 - re-exported
 
-BOXED_INSTRUCTION = "Put the final answer in \\boxed{}."
-"""Instruction appended (after one space) to every question, so the reward can grade the last `\\boxed{...}`."""
+logger = logging.getLogger(__name__)
 
 VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
 """Top-level columns of every parquet file written here, in order."""
 
 EXTRA_INFO_FIELDS = ("index", "split", "question", "answer")
 """Fields of the `extra_info` struct, in order."""
-
-
-def build_prompt_text(question: str, instruction: str = BOXED_INSTRUCTION) -> str:
-    """Join a question and the answer-format instruction into the user message.
-
-    Args:
-        question (`str`): the problem text, stripped of surrounding whitespace here.
-        instruction (`str`, *optional*, defaults to `BOXED_INSTRUCTION`): appended after one space; `""` adds
-            nothing.
-
-    Returns:
-        `str`: the user message content.
-
-    >>> build_prompt_text("What is 2+3*4?")
-    'What is 2+3*4? Put the final answer in \\\\boxed{}.'
-    """
-    question = question.strip()
-    return f"{question} {instruction}" if instruction else question
 
 
 def make_record(

@@ -2,7 +2,7 @@ r"""The absolute scale of the clustering: distances between wrong responses, and
 
 `ClusterConfig.merge_distance` and `ClusterConfig.max_distance` are distances on the unit sphere of the
 L2-normalised features (0 to 2). This module measures what those distances are on a model whose wrong answers have
-known error modes (the synthetic arithmetic task of `data_prep.synthetic`):
+known error modes (the synthetic arithmetic task of `verl_meds.tasks.synthetic`):
 
 - [`sample_records`]: sample `rollouts` responses per problem from a Hugging Face causal LM, grade them, label each
   wrong answer with its error mode (`verl_meds.analysis.experiment.mode_label`) and compute the MEDS feature (the
@@ -72,17 +72,17 @@ def sample_records(
 
     Args:
         model_dir (`str`): Hugging Face model folder (e.g. the tiny model of `data_prep.tiny_model`).
-        problems (`Sequence[data_prep.synthetic.Problem]`): the prompts.
+        problems (`Sequence[verl_meds.tasks.synthetic.Problem]`): the prompts.
         rollouts (`int`): responses per problem and step.
         steps (`int`): steps.
         seed (`int`, *optional*, defaults to `0`): sampling seed.
         layers (`str` or `list[int]`, *optional*, defaults to `"last_half"`): `FeatureConfig.layers`.
         final_norm (`bool`, *optional*, defaults to `True`): `FeatureConfig.final_norm`.
         max_new_tokens (`int`, *optional*, defaults to `48`): generation budget.
-        task (`str`, *optional*, defaults to `"synthetic"`): one of `TASKS`: `"synthetic"` (`data_prep.synthetic`
-            problems, the tiny model's prompt, error modes from `verl_meds.analysis.experiment.mode_label`) or
-            `"single_digit"` (`data_prep.smollm2` problems and their one-shot ChatML prompt, modes from
-            [`single_digit_mode_label`]).
+        task (`str`, *optional*, defaults to `"synthetic"`): one of `TASKS`: `"synthetic"`
+            (`verl_meds.tasks.synthetic` problems and prompt, error modes from
+            `verl_meds.analysis.experiment.mode_label`) or `"single_digit"` (`verl_meds.tasks.single_digit` problems
+            and their one-shot ChatML prompt, modes from [`single_digit_mode_label`]).
         first_id (`int`, *optional*, defaults to `0`): `prompt_id` of the first problem (the rest count up), so that
             records of consecutive slices of the problems can be pooled.
 
@@ -161,18 +161,18 @@ def sample_records(
 
 def single_digit_mode_label(problem: Any, answer: str | None) -> str:
     """
-    Error mode of a wrong answer to a `data_prep.smollm2.SingleDigitProblem` (SmolLM2's task has no planted modes;
-    these are the recurring slips seen in its samples, `docs/smollm2.md`), checked in this order:
+    Error mode of a wrong answer to a `verl_meds.tasks.single_digit.SingleDigitProblem` (SmolLM2's task has no
+    planted modes; these are the recurring slips seen in its samples, `docs/smollm2.md`), checked in this order:
 
     `"no_answer"` (no boxed integer), `"other_op"` (the result of the other operation: `a+b` asked as `a*b` or the
     reverse), `"example_answer"` (the worked example's answer copied), `"operand"` (one of the two digits),
     `"off_by_one"` (one from the right answer), otherwise `"other"`.
 
-    >>> from data_prep.smollm2 import SingleDigitProblem
+    >>> from verl_meds.tasks.single_digit import SingleDigitProblem
     >>> [single_digit_mode_label(SingleDigitProblem(9, "*", 5), a) for a in (None, "14", "12", "9", "44", "50")]
     ['no_answer', 'other_op', 'example_answer', 'operand', 'off_by_one', 'other']
     """
-    from data_prep.smollm2 import WORKED_EXAMPLES
+    from verl_meds.tasks.single_digit import WORKED_EXAMPLES
 
     if answer is None:
         return "no_answer"
@@ -191,12 +191,12 @@ def single_digit_mode_label(problem: Any, answer: str | None) -> str:
 def _task_functions(task: str) -> tuple[Any, Any]:
     """`(prompt_messages, label_of)` of a task of `TASKS`; `label_of(problem, answer)` gives the error mode."""
     if task == "synthetic":
-        from data_prep.tiny_model import prompt_messages
         from verl_meds.analysis.experiment import mode_label
+        from verl_meds.tasks.synthetic import prompt_messages
 
         return prompt_messages, lambda problem, answer: mode_label(problem.question, answer)
     if task == "single_digit":
-        from data_prep.smollm2 import prompt_messages
+        from verl_meds.tasks.single_digit import prompt_messages
 
         return prompt_messages, single_digit_mode_label
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -206,15 +206,16 @@ def load_problems(task: str, count: int, seed: int = 0) -> list[Any]:
     """
     The first `count` training problems of a task of `TASKS` (split seed `seed`).
 
-    `"synthetic"`: `data_prep.synthetic.split_problems(2000, 64, seed)` (the tiny model's task).
-    `"single_digit"`: `data_prep.smollm2.split_single_digit(seed=seed)` (SmolLM2's task, 158 training problems).
+    `"synthetic"`: `verl_meds.tasks.synthetic.split_problems(2000, 64, seed)` (the tiny model's task).
+    `"single_digit"`: `verl_meds.tasks.single_digit.split_single_digit(seed=seed)` (SmolLM2's task, 158 training
+    problems).
     """
     if task == "synthetic":
-        from data_prep.synthetic import split_problems
+        from verl_meds.tasks.synthetic import split_problems
 
         return split_problems(2000, 64, seed=seed)["train"][:count]
     if task == "single_digit":
-        from data_prep.smollm2 import split_single_digit
+        from verl_meds.tasks.single_digit import split_single_digit
 
         return split_single_digit(seed=seed)["train"][:count]
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")

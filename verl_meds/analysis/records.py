@@ -253,13 +253,13 @@ def _replay_prompt(old: np.ndarray, new: np.ndarray, cfg: ClusterConfig) -> list
 
 def synthetic_error_mode(question: str, answer: str | None) -> str | None:
     """
-    Error-mode label of an answer to a synthetic arithmetic question (`data_prep.synthetic`).
+    Error-mode label of an answer to a synthetic arithmetic question (`verl_meds.tasks.synthetic`).
 
     Returns:
         `str` or `None`: the faulty procedure that reaches `answer` (several joined with `+`), `"other"` when none
         does, `None` for a right answer, a missing or non-integer answer, or a non-synthetic question.
     """
-    from data_prep.synthetic import error_modes, parse_question
+    from verl_meds.tasks.synthetic import error_modes, parse_question
 
     value = integer_answer(answer)
     if value is None:

@@ -1,32 +1,30 @@
-"""Seeded synthetic arithmetic task with known wrong procedures, written as verl parquet.
+"""Seeded synthetic arithmetic task with known wrong procedures.
 
 Each problem is a three-operand expression such as `37+4*6`, `(12+5)*3` or `7*(15+2)` over small
 non-negative integers. Solving one takes two steps, so different faulty procedures give different wrong answers;
-`PROCEDURES` holds the correct procedure and four faulty ones (name -> `fn(problem) -> int`), which later code uses
-to label the error mode of a wrong answer (`error_modes`).
+`PROCEDURES` holds the correct procedure and four faulty ones (name -> `fn(problem) -> int`), which the analysis uses
+to label the error mode of a wrong answer (`error_modes`). `data_prep.synthetic` writes the task as verl parquet.
 
-Run:
+Example:
 
-    python -m data_prep.synthetic --out DIR --n-train 2000 --n-test 200 --seed 0
+```python
+>>> from verl_meds.tasks.synthetic import error_modes, parse_question
+>>> problem = parse_question("What is 37+4*6?")
+>>> problem.answer, error_modes(problem, 246)
+(61, ['wrong_order'])
 
-which writes `DIR/train.parquet` and `DIR/test.parquet` (schema in `data_prep.verl_format`).
+```
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import logging
 import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from data_prep.verl_format import BOXED_INSTRUCTION, make_record, write_parquet
-
-logger = logging.getLogger(__name__)
+from .prompt import BOXED_INSTRUCTION, build_prompt_text
 
 DATA_SOURCE = "meds_synthetic"
 """Default `data_source` column of the synthetic task."""
@@ -455,76 +453,11 @@ def split_problems(n_train: int, n_test: int, seed: int = 0) -> dict[str, list[P
     return {"test": problems[:n_test], "train": problems[n_test:]}
 
 
-def to_verl_records(
-    problems: Sequence[Problem],
-    split: str,
-    data_source: str = DATA_SOURCE,
-    instruction: str = BOXED_INSTRUCTION,
-) -> list[dict[str, Any]]:
-    """Convert problems to verl rows; `extra_info.index` is the position in `problems`.
-
-    Args:
-        problems (`Sequence[Problem]`): the problems of one split.
-        split (`str`): written to `extra_info.split`.
-        data_source (`str`, *optional*, defaults to `DATA_SOURCE`): the `data_source` column.
-        instruction (`str`, *optional*, defaults to `BOXED_INSTRUCTION`): appended to each question.
-
-    Returns:
-        `list[dict]`: rows as described in `data_prep.verl_format`; the ground truth is `str(answer)`.
+def prompt_messages(problem: Problem, instruction: str = BOXED_INSTRUCTION) -> list[dict[str, str]]:
     """
-    return [
-        make_record(
-            data_source=data_source,
-            question=p.question,
-            answer=str(p.answer),
-            index=i,
-            split=split,
-            instruction=instruction,
-        )
-        for i, p in enumerate(problems)
-    ]
+    The `prompt` column of the synthetic parquet for `problem`: one user message, the question and `instruction`.
 
-
-def write_synthetic(
-    out_dir: str | Path, n_train: int = 2000, n_test: int = 200, seed: int = 0, data_source: str = DATA_SOURCE
-) -> dict[str, Path]:
-    """Write `out_dir/train.parquet` and `out_dir/test.parquet`.
-
-    Args:
-        out_dir (`str` or `Path`): output folder, created if missing.
-        n_train (`int`, *optional*, defaults to `2000`): train rows.
-        n_test (`int`, *optional*, defaults to `200`): test rows.
-        seed (`int`, *optional*, defaults to `0`): generator seed.
-        data_source (`str`, *optional*, defaults to `DATA_SOURCE`): the `data_source` column.
-
-    Returns:
-        `dict[str, Path]`: split name -> written file.
-
-    Raises:
-        ValueError: see `generate_problems`.
+    >>> prompt_messages(parse_question("What is 2+3*4?"))[0]["content"]
+    'What is 2+3*4? Put the final answer in \\\\boxed{}.'
     """
-    out_dir = Path(out_dir)
-    splits = split_problems(n_train, n_test, seed)
-    return {
-        split: write_parquet(to_verl_records(problems, split, data_source), out_dir / f"{split}.parquet")
-        for split, problems in splits.items()
-    }
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI entry point; see the module docstring."""
-    parser = argparse.ArgumentParser(description="Write the synthetic arithmetic task as verl parquet.")
-    parser.add_argument("--out", required=True, help="output folder for train.parquet and test.parquet")
-    parser.add_argument("--n-train", type=int, default=2000, help="number of train problems")
-    parser.add_argument("--n-test", type=int, default=200, help="number of test problems (disjoint from train)")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed")
-    parser.add_argument("--data-source", default=DATA_SOURCE, help="value of the data_source column")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    paths = write_synthetic(args.out, args.n_train, args.n_test, args.seed, args.data_source)
-    for split, path in paths.items():
-        print(f"{split}: {path}")  # noqa: T201 - CLI output
-
-
-if __name__ == "__main__":
-    main()
+    return [{"role": "user", "content": build_prompt_text(problem.question, instruction)}]
