@@ -44,7 +44,7 @@ class EvalProblem:
 
 def problems_from_rows(benchmark: str, rows: list[dict[str, Any]], limit: int | None = None) -> list[EvalProblem]:
     """
-    Turn verl rows (schema of `data_prep.verl_format`) into problems.
+    Turn verl rows (schema of `verl_meds.tasks.records`) into problems.
 
     Args:
         benchmark (`str`): benchmark name for the problem ids.
@@ -86,14 +86,14 @@ def load_problems(
     Read one benchmark.
 
     A ``.parquet`` path is read as verl rows as is. Any other path (a raw JSONL copy) or no path at all goes through
-    `data_prep.benchmarks.load_benchmark`, which needs ``benchmark`` to be one of its names and picks the local
+    `verl_meds.eval.benchmarks.load_benchmark`, which needs ``benchmark`` to be one of its names and picks the local
     copy under ``data_dir`` or the hub when ``path`` is `None`.
 
     Args:
         benchmark (`str`): benchmark name.
         path (`str` or `os.PathLike`, *optional*): parquet file, raw JSONL file, or a hub id.
         limit (`int`, *optional*): keep the first ``limit`` problems.
-        data_dir (`str` or `os.PathLike`, *optional*): folder of raw local copies (see `data_prep.benchmarks`).
+        data_dir (`str` or `os.PathLike`, *optional*): folder of raw local copies (see `verl_meds.eval.benchmarks`).
 
     Returns:
         `list[EvalProblem]`.
@@ -106,7 +106,7 @@ def load_problems(
 
         rows = pq.read_table(path).to_pylist()
     else:
-        from data_prep.benchmarks import load_benchmark  # data_prep ships with verl_meds (setup.py)
+        from verl_meds.eval.benchmarks import load_benchmark
 
         rows = load_benchmark(benchmark, path, data_dir=data_dir, limit=limit)
     problems = problems_from_rows(benchmark, rows, limit)

@@ -40,11 +40,9 @@ _DEFAULT_ORDER = ("aime24", "amc23", "math500", "minerva_math", "olympiadbench",
 
 
 def display_name(benchmark: str) -> str:
-    """Column title of a benchmark (`data_prep.benchmarks` display name; the name itself when unknown)."""
-    try:
-        from data_prep.benchmarks import BENCHMARKS
-    except ImportError:  # data_prep is optional at run time
-        return benchmark
+    """Column title of a benchmark (`verl_meds.eval.benchmarks` display name; the name itself when unknown)."""
+    from verl_meds.eval.benchmarks import BENCHMARKS
+
     spec = BENCHMARKS.get(benchmark)
     return spec.display_name if spec is not None else benchmark
 

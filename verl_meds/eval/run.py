@@ -9,7 +9,7 @@ Run (console script `verl-meds-eval`, or `python -m verl_meds.eval`)::
         --summary MEDS=outputs/eval/meds/summary.json --out outputs/eval/compare [--k 128]
 
 `--benchmark` takes `NAME=PATH` with a verl parquet file (from `python -m data_prep.benchmarks`) or a raw JSONL copy
-(converted on the fly by `data_prep.benchmarks`), or a bare `NAME` (local copy under `--data-dir`, else the hub).
+(converted on the fly by `verl_meds.eval.benchmarks`), or a bare `NAME` (local copy under `--data-dir`, else the hub).
 `--model` is a Hugging Face folder or hub id, or a verl FSDP checkpoint (`.../global_step_N` or its `actor/`), which
 is first merged into `<out>/merged_model` with `python -m verl.model_merger`.
 
@@ -71,7 +71,7 @@ class EvalConfig:
         limit (`int`, *optional*):
             Evaluate only the first `limit` problems of each benchmark.
         data_dir (`str`, *optional*):
-            Folder of raw local benchmark copies (see `data_prep.benchmarks`).
+            Folder of raw local benchmark copies (see `verl_meds.eval.benchmarks`).
 
         > Parameters that control sampling
 
