@@ -2,14 +2,15 @@ r"""Driver-side MEDS work per step at the paper's shape: 512 prompts x 16 rollou
 
 What the trainer runs on the driver each step, timed here outside verl on the same inputs:
 
-1. **answer location** (`verl_meds.answer.locate_answer_tokens`, `meds_prepare`): today's code vs the code of
-   commit `ea8f0ad` (before the suffix-window search), loaded from git side by side; the old code is timed on a
-   subset (`--compare`, it takes seconds per hundred responses) and reported per response and extrapolated per step;
+1. **answer location** (`verl_meds.answer.locate_answer_tokens`, `meds_prepare`): `verl_meds.answer` vs the same
+   function at commit `ea8f0ad` (without the suffix-window search), loaded from git side by side; that version is
+   timed on a subset (`--compare`, it takes seconds per hundred responses) and reported per response and
+   extrapolated per step;
 2. **answer keys** (for `meds_answer` / `explore_*`): `ea8f0ad`'s `answer_key` (math-verify and sympy in the
-   driver thread) vs today's `verl_meds.grading.answer_keys` in the driver (integer, decimal and fraction answers
+   driver thread) vs `verl_meds.grading.answer_keys` in the driver (integer, decimal and fraction answers
    keyed in the driver, the rest in the grading workers), each from a cold cache and after decoding every response,
-   vs today's recipes, where the reward workers key each answer as they grade it and the driver only reads the keys
-   (`verl_meds.verl.explore.batch_answer_keys`);
+   vs the recipes' setting, where the reward workers key each answer as they grade it and the driver only reads the
+   keys (`verl_meds.verl.explore.batch_answer_keys`);
 3. **memory and shaping** (`ErrorMemory.step` + `shape_rewards` + `grpo_advantages`) on random features with F = 14,
    60 % wrong, after `--warm-epochs` epochs of history.
 
