@@ -14,8 +14,19 @@ from verl_meds.verl.watchdog import GENERATE, WEIGHT_SYNC, StageTimeoutError, Wa
 pytestmark = pytest.mark.requires_verl
 
 
+RELEASE = threading.Event()
+"""What the stuck stages below wait for: set after each test, so no thread outlives it."""
+
+
 def hang_forever() -> None:
-    threading.Event().wait()
+    RELEASE.wait()
+
+
+@pytest.fixture(autouse=True)
+def release_stuck_stages():
+    RELEASE.clear()
+    yield
+    RELEASE.set()
 
 
 def test_run_stage_returns_result_and_reraises_errors():
