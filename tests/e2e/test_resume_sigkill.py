@@ -47,7 +47,7 @@ def _wait_for(predicate, run: RecipeRun, timeout_seconds: float, what: str) -> N
 
 def test_sigkill_mid_step_then_resume_restores_memory_bit_for_bit(tmp_path):
     from verl_meds.memory import ErrorMemory
-    from verl_meds.verl.trainer import RESTORE_RECORD
+    from verl_meds.verl.hooks.meds import RESTORE_RECORD
 
     run = RecipeRun("meds_dapo", tmp_path / "run", tiny_assets(), ONE_PROMPT_STEPS)
     memory_file = run.checkpoints / "global_step_1" / "meds_memory.pkl"
@@ -118,7 +118,7 @@ def _config_of(run: RecipeRun):
     from hydra.core.global_hydra import GlobalHydra
     from verl_subprocess import CONFIG_DIR
 
-    from verl_meds.verl.trainer import meds_config_from_trainer_config
+    from verl_meds.verl.hooks.meds import meds_config_from_trainer_config
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):

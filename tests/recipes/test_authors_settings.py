@@ -129,7 +129,7 @@ def test_row_composes_to_the_authors_settings(setup, row, method, monkeypatch):
 
 @pytest.mark.parametrize("setup", TABLE["setups"])
 def test_meds_reads_half_the_layers(setup, monkeypatch):
-    from verl_meds.verl.trainer import meds_config_from_trainer_config
+    from verl_meds.verl.hooks.meds import meds_config_from_trainer_config
 
     monkeypatch.setenv("HOME", "/home/user")
     depth = {"qwen25_math_7b": 28, "qwen3_1p7b": 28, "qwen3_8b": 36}[setup]

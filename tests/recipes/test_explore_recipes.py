@@ -39,7 +39,7 @@ def test_method_fields(setup, method, monkeypatch):
     from omegaconf import OmegaConf
 
     from verl_meds.verl.explore import exploration_config_from_trainer_config
-    from verl_meds.verl.trainer import meds_config_from_trainer_config
+    from verl_meds.verl.hooks.meds import meds_config_from_trainer_config
 
     monkeypatch.setenv("HOME", "/home/user")
     config = compose(setup, method)

@@ -60,7 +60,8 @@ def test_recipe_composes_and_validates(setup, method, monkeypatch):
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    from verl_meds.verl.trainer import entropy_adv_config_from_trainer_config, meds_config_from_trainer_config
+    from verl_meds.verl.hooks.entropy import entropy_adv_config_from_trainer_config
+    from verl_meds.verl.hooks.meds import meds_config_from_trainer_config
 
     monkeypatch.setenv("HOME", "/home/user")
     config = compose(setup, method)
@@ -108,7 +109,7 @@ def test_recipe_composes_and_validates(setup, method, monkeypatch):
 
 
 def test_unknown_meds_key_is_rejected():
-    from verl_meds.verl.trainer import meds_config_from_trainer_config
+    from verl_meds.verl.hooks.meds import meds_config_from_trainer_config
 
     config = compose("tiny_cpu", "meds_dapo")
     from omegaconf import open_dict

@@ -1,18 +1,8 @@
-"""The MEDS driver step of `verl_meds.verl.trainer.MEDSTrainer`, without Ray and TransferQueue, for the tests.
+"""One MEDS step on plain tensors for the reliability tests, through the product's `verl_meds.step.MEDSStep`.
 
-`driver_step` runs one training step's MEDS work in the trainer's order on plain tensors:
-
-1. `locate_answer_tokens` on the padded responses (N, T) and their mask;
-2. the raw logit-lens values (N, L_sel) as the worker returns them (NaN where a row has no answer token), then
-   `finalize_features` and `valid = has_answer & finite`;
-3. `ErrorMemory.step` on the rows in `canonical_order` (prompt id, rollout index, content), sizes mapped back;
-4. `penalty_from_cluster_sizes`, `shape_rewards` on the row sums of verl's token-level scores, the shaped reward
-   written back onto the last response token, and the registered `meds` estimator.
-
-Only the glue that moves tensors in and out of TransferQueue is left out; every function called is the one the
-trainer calls. The one exception is the write-back of step 4, which the trainer does inline in
-`MEDSTrainer._compute_shaped_advantage`: `token_scores_fn` uses `verl_meds.verl.trainer.shaped_token_scores` once
-that function exists (the fix proposed for non-finite rewards) and a line-for-line copy of the inline code until then.
+`driver_step` calls the three stages the trainer's MEDS hook calls (`locate`, `penalties`, `shape`), then the
+product's write-back (`shaped_token_scores`) and the registered `meds` estimator; only verl's TransferQueue and workers
+are left out (the captured logit-lens values are given). The helpers build verl-shaped inputs.
 """
 
 from __future__ import annotations
@@ -22,11 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from verl_meds.answer import locate_answer_tokens
 from verl_meds.config import MEDSConfig
-from verl_meds.features import finalize_features
 from verl_meds.memory import ErrorMemory
-from verl_meds.shaping import penalty_from_cluster_sizes, shape_rewards
+from verl_meds.step import MEDSStep, shaped_token_scores
 
 
 class CharTokenizer:
@@ -64,26 +52,6 @@ def outcome_scores(rewards: torch.Tensor, response_mask: torch.Tensor) -> list[t
     return scores
 
 
-def _inline_token_scores(
-    scores: list[torch.Tensor], rewards: torch.Tensor, shaped: torch.Tensor
-) -> list[torch.Tensor]:
-    """Copy of the write-back in `MEDSTrainer._compute_shaped_advantage` (verl_meds @f4c3407), kept verbatim."""
-    shaped_scores = []
-    for score, old, new in zip(scores, rewards, shaped, strict=True):
-        score = score.clone().float()
-        if score.numel():
-            score[-1] += new - old  # verl puts the outcome reward on the last response token
-        shaped_scores.append(score)
-    return shaped_scores
-
-
-def token_scores_fn():
-    """The trainer's write-back of shaped rewards onto token-level scores (see the module docstring)."""
-    from verl_meds.verl import trainer
-
-    return getattr(trainer, "shaped_token_scores", _inline_token_scores)
-
-
 @dataclass
 class StepResult:
     answer_index: torch.Tensor  # (N,) long, -1 = no answer
@@ -111,37 +79,35 @@ def driver_step(
     rewards: torch.Tensor,
     correct: np.ndarray,
 ) -> StepResult:
-    """One MEDS step as `MEDSTrainer` runs it (see the module docstring); `raw_values` is (N, L_sel) float."""
+    """One MEDS step as the trainer's MEDS hook runs it; `raw_values` is (N, L_sel) float, `memory` is updated."""
     from verl_meds.verl.advantage import compute_meds_outcome_advantage
-    from verl_meds.verl.trainer import canonical_order, content_tiebreak
 
-    answer_index = locate_answer_tokens(responses, response_mask, tokenizer)  # (N,)
-    has_answer = answer_index >= 0
+    step = MEDSStep(config, memory=memory)
+    prompt_lengths = torch.zeros(len(keys), dtype=torch.long)
+    location = step.locate(responses, response_mask, prompt_lengths, tokenizer)
     raw = raw_values.to(torch.float32).clone()  # (N, L_sel)
-    raw[~has_answer] = float("nan")  # the worker leaves rows without an answer position at NaN
-    features = finalize_features(raw, config.features.diff).numpy()  # (N, F)
-    valid = has_answer.numpy() & np.isfinite(features).all(axis=1)
-    order = canonical_order(prompt_ids, keys, tiebreak=content_tiebreak(responses, response_mask, features))
-    sorted_sizes, metrics = memory.step(
-        [prompt_ids[r] for r in order], features[order].astype(np.float32), valid[order], correct[order]
-    )
-    sizes = np.empty_like(sorted_sizes)
-    sizes[order] = sorted_sizes
-    shaping = config.shaping
-    penalties = penalty_from_cluster_sizes(torch.as_tensor(sizes), shaping.alpha, shaping.beta)  # (N,)
-    metrics = dict(metrics)
-    metrics["meds/features/answer_found_frac"] = float(has_answer.float().mean()) if len(prompt_ids) else 0.0
-
+    raw[~location.found] = float("nan")  # the worker leaves rows without an answer position at NaN
+    out = step.penalties(keys, prompt_ids, responses, response_mask, location, raw, correct)
     scores = outcome_scores(rewards, response_mask)
     row_rewards = torch.stack([s.sum() for s in scores]).float()  # (N,)
-    shaped, shaping_metrics = shape_rewards(row_rewards, torch.as_tensor(correct), penalties, shaping.penalty_target)
-    metrics.update(shaping_metrics)
+    shaped, shaping_metrics = step.shape(row_rewards, correct, out.penalties, group_ids)
+    metrics = {**out.metrics, **shaping_metrics}
     token_scores = torch.zeros(response_mask.shape, dtype=torch.float32)  # (N, T)
-    for n, score in enumerate(token_scores_fn()(scores, row_rewards, shaped)):
+    for n, score in enumerate(shaped_token_scores(scores, row_rewards, shaped)):
         token_scores[n, : score.numel()] = score
     advantages, _ = compute_meds_outcome_advantage(
         token_scores, response_mask.float(), np.array(group_ids, dtype=object)
     )
+    valid = out.has_feature
     return StepResult(
-        answer_index, features, valid, sizes, penalties, row_rewards, shaped, token_scores, advantages, metrics
+        location.index,
+        out.features,
+        valid,
+        out.cluster_sizes,
+        out.penalties,
+        row_rewards,
+        shaped,
+        token_scores,
+        advantages,
+        metrics,
     )

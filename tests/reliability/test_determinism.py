@@ -51,7 +51,7 @@ def make_step(step: int, prompts: list[str], rollouts: int = 8, seed: int = 0):
 
 def memory_step(memory: ErrorMemory, prompt_ids, keys, features, correct) -> torch.Tensor:
     """The trainer's memory update (`MEDSTrainer._compute_old_log_prob`): canonical order in, penalties out (N,)."""
-    from verl_meds.verl.trainer import canonical_order
+    from verl_meds.step import canonical_order
 
     valid = np.isfinite(features).all(axis=1)
     # rows of one prompt with the same rollout index are ordered by content (the trainer adds the response tokens)
@@ -132,7 +132,7 @@ def test_one_prompt_in_several_groups_of_a_step_is_order_independent(groups):
 @pytest.mark.requires_verl
 def test_canonical_order_rejects_mismatched_lengths():
     pytest.importorskip("verl")
-    from verl_meds.verl.trainer import canonical_order
+    from verl_meds.step import canonical_order
 
     with pytest.raises(ValueError, match="lengths differ"):
         canonical_order(["p", "p"], ["u_0_0", "u_1_0"], tiebreak=[b""])

@@ -31,12 +31,12 @@ from functools import lru_cache
 import numpy as np
 import pytest
 import torch
-from hypothesis import Phase, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("verl")
 
-from meds_pipeline import CharTokenizer, driver_step, pad_rows, token_scores_fn  # noqa: E402
+from meds_pipeline import CharTokenizer, driver_step, pad_rows  # noqa: E402
 
 from verl_meds.answer import extract_boxed, locate_answer_tokens  # noqa: E402
 from verl_meds.config import (  # noqa: E402
@@ -48,7 +48,6 @@ from verl_meds.config import (  # noqa: E402
 )
 from verl_meds.memory import ErrorMemory  # noqa: E402
 from verl_meds.shaping import grpo_advantages, penalty_from_cluster_sizes, shape_rewards  # noqa: E402
-from verl_meds.verl import trainer as meds_trainer  # noqa: E402
 
 pytestmark = pytest.mark.requires_verl
 torch.set_num_threads(1)
@@ -473,13 +472,6 @@ def test_shaping_leaves_nonfinite_rewards_out_10k():
     run_slow("shaping_nonfinite", _shaping_nonfinite_property())
 
 
-NONFINITE_REWARD_BUG = (
-    "MEDSTrainer._compute_shaped_advantage adds (shaped - raw) to the last token's score; with a NaN/inf raw reward "
-    "that is NaN, the `meds` estimator then raises 'scores must be finite' and the step dies. Fix proposed in the "
-    "issue-6 report: a helper `shaped_token_scores` that rewrites a non-finite row as zeros + shaped reward."
-)
-
-
 def _trainer_nonfinite_property():
     tokenizer = CharTokenizer()
 
@@ -505,22 +497,8 @@ def _trainer_nonfinite_property():
     return prop
 
 
-@pytest.mark.xfail(not hasattr(meds_trainer, "shaped_token_scores"), reason=NONFINITE_REWARD_BUG, strict=True)
 def test_nonfinite_rewards_never_reach_advantages_in_the_trainer_step():
-    # While the bug is known (xfail), skip shrinking: the first failing example is enough and shrinking costs ~30 s.
-    phases = list(Phase) if hasattr(meds_trainer, "shaped_token_scores") else [Phase.explicit, Phase.generate]
-    settings(max_examples=50, phases=phases)(_trainer_nonfinite_property())()
-
-
-def test_inline_write_back_is_the_trainer_code():
-    """The copy in meds_pipeline must stay the trainer's code until the helper exists (guards against drift)."""
-    import inspect
-
-    if hasattr(meds_trainer, "shaped_token_scores"):
-        assert token_scores_fn() is meds_trainer.shaped_token_scores
-        return
-    source = inspect.getsource(meds_trainer.MEDSTrainer._compute_shaped_advantage)
-    assert "score[-1] += new - old" in source
+    settings(max_examples=50)(_trainer_nonfinite_property())()
 
 
 # ------------------------------------------------------------------------------------------------ features

@@ -20,15 +20,17 @@ pytest.importorskip("verl")
 import ray  # noqa: E402
 import transfer_queue as tq  # noqa: E402
 import transformers  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size  # noqa: E402
 from verl.trainer.ppo.v1 import PPOTrainerSync  # noqa: E402
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict  # noqa: E402
 
-from verl_meds.config import ExplorationConfig, MEDSConfig  # noqa: E402
-from verl_meds.memory import ErrorMemory  # noqa: E402
-from verl_meds.verl.entropy_adv import EntropyAdvantageConfig  # noqa: E402
-from verl_meds.verl.trainer import MEDSTrainer, tq_fields  # noqa: E402
+from verl_meds.config import MEDSConfig  # noqa: E402
+from verl_meds.verl.hooks.grading import GradingMetricsHook  # noqa: E402
+from verl_meds.verl.hooks.meds import PREFETCH_FIELDS, MEDSHook  # noqa: E402
+from verl_meds.verl.step_data import tq_fields  # noqa: E402
+from verl_meds.verl.trainer import MEDSTrainer  # noqa: E402
 from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY  # noqa: E402
 
 pytestmark = pytest.mark.requires_verl
@@ -95,18 +97,12 @@ def _write_batch(tokenizer, groups: list[list[tuple[str, bool]]], multiple: int)
     return upsample_batch_to_divisible_size(batch, multiple, tokenizer.eos_token_id)
 
 
-def _trainer(tokenizer) -> MEDSTrainer:
+def _trainer(tokenizer, folder) -> MEDSTrainer:
     trainer = object.__new__(MEDSTrainer)
-    trainer.meds_config = MEDSConfig()
-    trainer.meds_enabled = True
-    trainer.meds_memory = ErrorMemory(trainer.meds_config)
-    trainer.meds_layers = trainer.meds_config.features.resolve_layers(NUM_LAYERS)
-    trainer._meds_step = None
-    trainer.tokenizer = tokenizer
-    trainer.dump = None
-    trainer.explore_config = ExplorationConfig()
-    trainer.entropy_adv_config = EntropyAdvantageConfig()
-    trainer._filter_on_shaped = False
+    config = OmegaConf.create({"trainer": {"default_local_dir": str(folder)}})
+    meds = MEDSHook(config, MEDSConfig(), tokenizer, num_layers=NUM_LAYERS)
+    trainer.hooks = [GradingMetricsHook(), meds]
+    trainer._step = None
     trainer.timing_raw = {}
     trainer.global_steps = 1
     return trainer
@@ -135,7 +131,7 @@ class _Recorder:
             )
             token = data[ANSWER_TOKEN_KEY].reshape(-1).float()  # (N,)
             has = data[PRED_POS_KEY].reshape(-1) >= 0
-            layers = torch.arange(1, len(trainer.meds_layers) + 1, dtype=torch.float32)
+            layers = torch.arange(1, len(trainer.hook("meds").step.layers) + 1, dtype=torch.float32)
             features = token.unsqueeze(1) * 0.01 * layers  # (N, L_sel): equal answers, equal features
             features[~has] = float("nan")
             nested = torch.nested.as_nested_tensor(list(features), layout=torch.jagged)
@@ -160,7 +156,7 @@ ANSWERS = ["\\boxed{3}", "\\boxed{4}", "\\boxed{5}", "no box here"]
 
 @pytest.mark.parametrize("seed", range(4))
 def test_one_read_per_step_only_changed_rows_written_and_padding_left_out(
-    tokenizer, transfer_queue, monkeypatch, seed
+    tokenizer, transfer_queue, monkeypatch, tmp_path, seed
 ):
     rng = np.random.default_rng(seed)
     groups = []
@@ -179,21 +175,21 @@ def test_one_read_per_step_only_changed_rows_written_and_padding_left_out(
         ].unbind()
     ]
 
-    trainer = _trainer(tokenizer)
+    trainer = _trainer(tokenizer, tmp_path)
     recorder = _Recorder(monkeypatch)
     metrics: dict = {}
     trainer._compute_advantage(trainer._compute_old_log_prob(batch, metrics), metrics)
 
-    # Reads: the step's fields once, the features once; the prompts never (tags carry their lengths).
-    assert recorder.gets == [
-        ["responses", "response_mask", "extra_info", "extra_fields", "rm_scores", "uid"],
-        [FEATURES_KEY],
-    ]
+    # Reads: each field once per step (three calls, one of them in the background during the log-prob pass);
+    # the prompts never (verl's tags carry their lengths).
+    assert sorted(sorted(fields) for fields in recorder.gets) == sorted(
+        [sorted(PREFETCH_FIELDS), ["response_mask", "responses"], [FEATURES_KEY]]
+    )
     # The memory holds exactly the real wrong rows that have an answer (the padding copies of a real row do not).
     texts = [text for group in groups for text, _ in group]
     flags = [correct for group in groups for _, correct in group]
     stored = sum(1 for text, ok in zip(texts, flags, strict=True) if not ok and "boxed" in text)
-    assert trainer.meds_memory.num_entries == stored
+    assert trainer.hook("meds").memory.num_entries == stored
     # Scores: only the last token of a wrong, penalised row moves; only those rows are written back.
     shaped = recorder.trained_scores
     changed = [i for i in range(len(batch)) if not torch.equal(shaped[i], raw[i])]
@@ -203,7 +199,7 @@ def test_one_read_per_step_only_changed_rows_written_and_padding_left_out(
         assert real[i]
         assert torch.equal(shaped[i][:-1], raw[i][:-1])
         penalty = float(raw[i][-1] - shaped[i][-1])
-        assert 0 < penalty <= trainer.meds_config.shaping.beta + 1e-6
+        assert 0 < penalty <= MEDSConfig().shaping.beta + 1e-6
     for i in np.flatnonzero(~real):
         assert torch.equal(shaped[i], raw[i])
     # Two or more equal wrong answers of one prompt form a cluster; each such row is penalised.

@@ -18,7 +18,7 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from verl_meds.verl.hf_rollout import HFRolloutServer  # noqa: E402
+from verl_meds.verl.cpu.hf_rollout import HFRolloutServer  # noqa: E402
 
 pytestmark = pytest.mark.requires_verl
 

@@ -47,7 +47,7 @@ facts["hf_adapter_registered"] = ("hf", "async") in _ROLLOUT_REGISTRY
 facts["hf_replica_registered"] = "hf" in RolloutReplicaRegistry._registry
 facts["init_process_group_wrapped"] = getattr(dist.init_process_group, "_verl_meds_dedupe", False)
 if facts["hf_adapter_registered"]:
-    from verl_meds.verl.hf_rollout import HFRolloutReplica, HFServerAdapter
+    from verl_meds.verl.cpu.hf_rollout import HFRolloutReplica, HFServerAdapter
     facts["hf_adapter_resolves"] = get_rollout_class("hf", "async") is HFServerAdapter
     facts["hf_replica_resolves"] = RolloutReplicaRegistry.get("hf") is HFRolloutReplica
 if facts["cpu_platform_registered"]:

@@ -11,7 +11,8 @@ pytest.importorskip("verl")
 from omegaconf import OmegaConf  # noqa: E402
 
 from verl_meds.config import MEDSConfig  # noqa: E402
-from verl_meds.verl.trainer import meds_config_from_trainer_config, stable_prompt_ids  # noqa: E402
+from verl_meds.step import stable_prompt_ids  # noqa: E402
+from verl_meds.verl.hooks.meds import meds_config_from_trainer_config  # noqa: E402
 
 pytestmark = pytest.mark.requires_verl
 
@@ -113,7 +114,7 @@ def test_canonical_order_ignores_batch_permutation():
     """verl's batch balancing permutes rows; the memory must see them in the same order anyway."""
     import numpy as np
 
-    from verl_meds.verl.trainer import canonical_order
+    from verl_meds.step import canonical_order
 
     keys = [f"uid{g}_{s}_0" for g in ("a", "b", "c") for s in range(4)]
     prompts = [f"p{g}" for g in ("2", "0", "1") for _ in range(4)]
@@ -131,7 +132,7 @@ def test_canonical_order_ignores_batch_permutation():
 def test_groups_with_signal_keeps_groups_with_shaped_spread():
     import torch
 
-    from verl_meds.verl.trainer import groups_with_signal
+    from verl_meds.step import groups_with_signal
 
     # g1: all wrong, equal penalties (flat); g2: all wrong, different cluster sizes (signal); g3: mixed; g4: singleton
     shaped = torch.tensor([-1.1, -1.1, -1.0, -1.16, 1.0, -1.0, 0.5])
@@ -143,7 +144,7 @@ def test_groups_with_signal_keeps_groups_with_shaped_spread():
 def test_group_degeneracy_counts_singleton_and_flat_groups():
     import torch
 
-    from verl_meds.verl.trainer import group_degeneracy
+    from verl_meds.step import group_degeneracy
 
     # g1 flat (2 rows), g2 spread (2), g3 singleton (1, flat too), g4 spread (3)
     shaped = torch.tensor([-1.1, -1.1, -1.0, -1.16, 0.5, 1.0, -1.0, 1.0])
@@ -160,7 +161,7 @@ def test_group_degeneracy_counts_singleton_and_flat_groups():
 
 
 def test_grading_metrics_from_reward_info():
-    from verl_meds.verl.trainer import grading_metrics
+    from verl_meds.verl.hooks.grading import grading_metrics
 
     fields = [
         {"reward_extra_info": {"acc": 1.0, "pred": "4", "grading_timeout": 0.0, "grading_error": 0.0}},

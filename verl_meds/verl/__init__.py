@@ -1,6 +1,7 @@
-"""verl glue for MEDS: the only part of ``verl_meds`` that imports verl and Ray.
+"""verl glue for MEDS: the only part of `verl_meds` that imports verl and Ray.
 
-Modules: :mod:`plugin` (registration), :mod:`cpu` (CPU platform), :mod:`hf_rollout` (HF rollout for CPU),
-:mod:`worker` (feature capture during the log-prob recompute), :mod:`reward` (math-verify grading),
-:mod:`advantage` (the ``meds`` estimator), :mod:`trainer` (the step hook), :mod:`main` (Hydra entry point).
+Modules: `plugin` (registration), `main` (Hydra entry point), `trainer` (verl's trainer composed with the hooks),
+`hooks` (one add-on per module: MEDS, exploration, entropy advantage, grading metrics), `step_data` (a step's rows in
+TransferQueue), `worker` (feature capture during the log-prob recompute), `reward` (math-verify grading), `advantage`
+(the `meds` estimator), `checkpoint`, `dump`, `summary`; `cpu` (subpackage: CPU platform, HF rollout; CPU only).
 """

@@ -122,7 +122,7 @@ def prepare(config: DictConfig) -> DictConfig:
                 f"trainer.device=cpu but verl already chose platform '{get_device_name()}'; "
                 f"export {cpu.CPU_MODE_ENV}=1 before starting (the recipes do)"
             )
-    from verl_meds.verl.trainer import meds_config_from_trainer_config
+    from verl_meds.verl.hooks.meds import meds_config_from_trainer_config
 
     meds = meds_config_from_trainer_config(config)  # validates; raises ValueError naming the bad field
     from verl_meds.verl.explore import exploration_config_from_trainer_config
@@ -132,7 +132,7 @@ def prepare(config: DictConfig) -> DictConfig:
     model_path = os.path.expanduser(str(config.actor_rollout_ref.model.path))
     if meds.enable and os.path.isdir(model_path):
         # Layer numbers that the model does not have fail here, before Ray starts (hub ids are checked at start-up).
-        from verl_meds.verl.trainer import model_num_layers
+        from verl_meds.verl.hooks.meds import model_num_layers
 
         meds.features.resolve_layers(model_num_layers(config))
     return config

@@ -27,12 +27,12 @@ def _register_rollout() -> None:
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
     def _load_hf():
-        from verl_meds.verl.hf_rollout import HFRolloutReplica
+        from verl_meds.verl.cpu.hf_rollout import HFRolloutReplica
 
         return HFRolloutReplica
 
     RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_hf)
-    rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = "verl_meds.verl.hf_rollout.HFServerAdapter"
+    rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = "verl_meds.verl.cpu.hf_rollout.HFServerAdapter"
 
 
 def register() -> None:
