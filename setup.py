@@ -34,7 +34,7 @@ setup(
         # (verl_meds.clustering.fit_labels_reference, verl_meds.authors); the training path needs neither.
         "analysis": ["scikit-learn>=1.3", "hdbscan>=0.8.33"],
         "plots": ["matplotlib"],
-        "test": ["pytest", "hypothesis", "scikit-learn>=1.3", "hdbscan>=0.8.33"],
+        "test": ["pytest", "hypothesis", "scikit-learn>=1.3", "hdbscan>=0.8.33", "ruff"],
         # The vLLM that verl 0.9.1's own [vllm] extra installs (0.24.0, with torch 2.11.0; recipes/README.md,
         # "Multi-node"). verl's code accepts vLLM >= 0.18, but 0.18 and 0.19 need transformers < 5, which verl
         # 0.9.1 does not take; releases after 0.24 are untested with it.

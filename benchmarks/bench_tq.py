@@ -10,8 +10,8 @@ outside verl, with 8,192 rows:
 - `meds_shaping` I/O: read the token-level scores and uids, write the shaped scores back;
 - the grading metrics: read the extra fields.
 
-It times two layouts of that I/O side by side: `before` (each stage reads what it needs: prompts included, extra
-fields twice, the scores read and written back for every row) and `now` (what the MEDS hook does: responses and
+It times two layouts of that I/O side by side: `per-stage` (each stage reads what it needs: prompts included, extra
+fields twice, the scores read and written back for every row) and `shared` (what the MEDS hook does: responses and
 mask read before the log-prob call, prompt lengths from verl's tags, `PREFETCH_FIELDS` read once, the extra fields
 and scores reused, only the rows whose reward changed written back; `--changed-frac` of the rows, default 0.5). The
 `PREFETCH_FIELDS` read runs in a background thread during the workers' log-prob pass; it is timed on its own here
@@ -130,13 +130,13 @@ def main() -> None:
         tq.kv_batch_put(keys=changed, partition_id="train", fields=tq_fields({"rm_scores": nested}, len(changed)))
 
     layouts = {
-        "before": {
+        "per-stage": {
             "meds_prepare I/O": prepare,
             "meds_features I/O": read_features,
             "meds_shaping I/O": shaping,
             "grading metrics read": grading_info,
         },
-        "now": {
+        "shared": {
             "meds_prepare I/O": prepare_now,
             "meds_features I/O": read_features,
             "meds_shaping I/O": shaping_now,
@@ -147,24 +147,24 @@ def main() -> None:
     times = {(layout, name): [] for layout, parts in layouts.items() for name in parts}
     for _ in range(args.repeats):
         for layout, parts in layouts.items():
-            if layout == "now":
+            if layout == "shared":
                 prefetch_now()  # the scores the shaping writes back come from this read
             for name, fn in parts.items():
                 start = time.perf_counter()
                 fn()
                 times[layout, name].append(time.perf_counter() - start)
     median = {key: statistics.median(values) for key, values in times.items()}
-    print(f"{'per step, median of ' + str(args.repeats):<28} {'before':>8} {'now':>8} {'ratio':>7}")
-    for name in layouts["now"]:
-        before = median.get(("before", name), 0.0)
-        now = median["now", name]
+    print(f"{'per step, median of ' + str(args.repeats):<28} {'per-stage':>9} {'shared':>8} {'ratio':>7}")
+    for name in layouts["shared"]:
+        before = median.get(("per-stage", name), 0.0)
+        now = median["shared", name]
         ratio = f"{before / now:6.1f}x" if now > 1e-4 and before > 0 else "   n/a"
-        print(f"{name:<28} {before:8.2f} {now:8.2f} {ratio}")
-    before = sum(median["before", name] for name in layouts["before"])
-    everything = sum(median["now", name] for name in layouts["now"])
-    critical = everything - median["now", "prefetch read"]
-    print(f"{'all TransferQueue I/O':<28} {before:8.2f} {everything:8.2f} {before / everything:6.1f}x")
-    print(f"{'critical path (no prefetch)':<28} {before:8.2f} {critical:8.2f} {before / critical:6.1f}x")
+        print(f"{name:<28} {before:9.2f} {now:8.2f} {ratio}")
+    before = sum(median["per-stage", name] for name in layouts["per-stage"])
+    everything = sum(median["shared", name] for name in layouts["shared"])
+    critical = everything - median["shared", "prefetch read"]
+    print(f"{'all TransferQueue I/O':<28} {before:9.2f} {everything:8.2f} {before / everything:6.1f}x")
+    print(f"{'critical path (no prefetch)':<28} {before:9.2f} {critical:8.2f} {before / critical:6.1f}x")
     tq.close()
     ray.shutdown()
 

@@ -27,6 +27,7 @@ import torch
 from verl_meds.answer import TokenizerLike, locate_answer_tokens
 from verl_meds.config import MEDSConfig
 from verl_meds.features import finalize_features
+from verl_meds.groups import group_rows
 from verl_meds.memory import ErrorMemory
 from verl_meds.shaping import penalty_from_cluster_sizes, shape_rewards
 
@@ -320,10 +321,7 @@ def groups_with_signal(shaped: torch.Tensor, group_ids: list, atol: float = 1e-9
         (no reward) are left out of the spread, as the `meds` estimator leaves them out of the group statistics.
     """
     keep = torch.zeros(len(group_ids), dtype=torch.bool)
-    rows_of: dict = {}
-    for row, gid in enumerate(group_ids):
-        rows_of.setdefault(gid, []).append(row)
-    for rows in rows_of.values():
+    for rows in group_rows(group_ids).values():
         values = shaped[rows]
         values = values[torch.isfinite(values)]
         if values.numel() > 1 and float(values.max() - values.min()) > atol:
@@ -346,10 +344,7 @@ def group_degeneracy(shaped: torch.Tensor, group_ids: list) -> dict[str, float]:
     n = len(group_ids)
     if n == 0:
         return {"meds/groups/singleton_frac": 0.0, "meds/groups/flat_frac": 0.0}
-    sizes: dict = {}
-    for gid in group_ids:
-        sizes[gid] = sizes.get(gid, 0) + 1
-    singletons = sum(1 for gid in group_ids if sizes[gid] == 1)
+    singletons = sum(1 for rows in group_rows(group_ids).values() if len(rows) == 1)
     flat = n - int(groups_with_signal(shaped, group_ids).sum())
     return {"meds/groups/singleton_frac": singletons / n, "meds/groups/flat_frac": flat / n}
 
