@@ -15,7 +15,7 @@ are timed. Step 1 of every run (warm-up) is left out; the figures are medians ov
 dynamic sampling off for both: then the work per step is the same and the raw step ratio isolates MEDS's cost.
 
 What MEDS adds, from verl's per-step `timing_s/*` metrics (the `meds_*` timers are written by
-`verl_meds.verl.trainer.MEDSTrainer`):
+`verl_meds.verl.hooks.meds.MEDSHook`):
 
 - `meds_prepare`: answer positions before the log-prob recompute (driver);
 - feature capture inside the workers' log-prob forward: not timed directly; estimated as MEDS's `old_log_prob`

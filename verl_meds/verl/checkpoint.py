@@ -1,12 +1,12 @@
 """MEDS memory and exploration counts inside verl checkpoints: atomic writes, a format version and a checksum.
 
-File layout (``<checkpoint>/global_step_N/meds_memory.pkl``; ``explore_counts.pkl`` for the answer counts of
+File layout (`<checkpoint>/global_step_N/meds_memory.pkl`; `explore_counts.pkl` for the answer counts of
 historical exploration): a pickled dict
-``{"format": "verl_meds.memory", "format_version": 1, "global_step": N, "sha256": hex, "payload": bytes}``
-where ``payload`` is the pickled ``state_dict()`` of the object (:meth:`verl_meds.memory.ErrorMemory.state_dict`, or
-:meth:`verl_meds.exploration.AnswerCounts.state_dict` with format ``"verl_meds.answer_counts"``) and ``sha256`` its
+`{"format": "verl_meds.memory", "format_version": 1, "global_step": N, "sha256": hex, "payload": bytes}`
+where `payload` is the pickled `state_dict()` of the object (`verl_meds.memory.ErrorMemory.state_dict`, or
+`verl_meds.exploration.AnswerCounts.state_dict` with format `"verl_meds.answer_counts"`) and `sha256` its
 digest. The file is written to a temporary name in the same folder, flushed and fsynced, then renamed over the target
-(``os.replace`` is atomic on POSIX), so a crash leaves either the old file or the new one, never half of one.
+(`os.replace` is atomic on POSIX), so a crash leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _WHAT = {FORMAT: "memory", COUNTS_FORMAT: "answer-counts"}
 
 
 class Stateful(Protocol):
-    """Anything with ``state_dict()`` and ``load_state_dict(state)`` (``ErrorMemory``, ``AnswerCounts``)."""
+    """Anything with `state_dict()` and `load_state_dict(state)` (`ErrorMemory`, `AnswerCounts`)."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -34,12 +34,12 @@ class Stateful(Protocol):
 
 
 def memory_path(global_step_folder: str) -> str:
-    """Path of the memory file inside a verl ``global_step_N`` checkpoint folder."""
+    """Path of the memory file inside a verl `global_step_N` checkpoint folder."""
     return os.path.join(global_step_folder, MEMORY_FILENAME)
 
 
 def counts_path(global_step_folder: str) -> str:
-    """Path of the exploration-counts file inside a verl ``global_step_N`` checkpoint folder."""
+    """Path of the exploration-counts file inside a verl `global_step_N` checkpoint folder."""
     return os.path.join(global_step_folder, COUNTS_FILENAME)
 
 
@@ -49,10 +49,10 @@ def _check_format(fmt: str) -> None:
 
 
 def save_state(obj: Stateful, path: str, global_step: int, fmt: str = FORMAT) -> int:
-    """Write ``obj.state_dict()`` to ``path`` atomically, tagged with ``fmt``. Returns the file size in bytes.
+    """Write `obj.state_dict()` to `path` atomically, tagged with `fmt`. Returns the file size in bytes.
 
     Raises:
-        ValueError: for an unknown ``fmt``.
+        ValueError: for an unknown `fmt`.
     """
     _check_format(fmt)
     payload = pickle.dumps(obj.state_dict(), protocol=pickle.HIGHEST_PROTOCOL)
@@ -80,12 +80,12 @@ def save_state(obj: Stateful, path: str, global_step: int, fmt: str = FORMAT) ->
 
 
 def save_memory(memory: Stateful, path: str, global_step: int) -> int:
-    """Write a MEDS memory to ``path`` atomically (:func:`save_state` with the memory format). Returns the size."""
+    """Write a MEDS memory to `path` atomically (`save_state` with the memory format). Returns the size."""
     return save_state(memory, path, global_step, FORMAT)
 
 
 def _read_record(path: str, fmt: str = FORMAT) -> dict:
-    """The record stored at ``path``, after checking format, version and checksum (see :func:`read_state`)."""
+    """The record stored at `path`, after checking format, version and checksum (see `read_state`)."""
     _check_format(fmt)
     what = _WHAT[fmt]
     with open(path, "rb") as f:
@@ -106,7 +106,7 @@ def _read_record(path: str, fmt: str = FORMAT) -> dict:
 
 
 def read_state(path: str, fmt: str = FORMAT) -> dict:
-    """The state dict stored at ``path``, after checking format, version and checksum.
+    """The state dict stored at `path`, after checking format, version and checksum.
 
     Raises:
         ValueError: for a file of another format or version (including files that are not pickles at all), or whose
@@ -116,23 +116,23 @@ def read_state(path: str, fmt: str = FORMAT) -> dict:
 
 
 def read_memory_state(path: str) -> dict:
-    """The memory state dict stored at ``path`` (:func:`read_state` with the memory format)."""
+    """The memory state dict stored at `path` (`read_state` with the memory format)."""
     return read_state(path, FORMAT)
 
 
 def state_digest(obj: Stateful) -> str:
-    """SHA-256 of the pickled state of ``obj``: equal digests mean bit-identical states."""
+    """SHA-256 of the pickled state of `obj`: equal digests mean bit-identical states."""
     return hashlib.sha256(pickle.dumps(obj.state_dict(), protocol=pickle.HIGHEST_PROTOCOL)).hexdigest()
 
 
 def load_state(obj: Stateful, path: str, fmt: str = FORMAT) -> str:
-    """Restore ``obj`` from ``path``; returns the SHA-256 of the restored state (:func:`state_digest`).
+    """Restore `obj` from `path`; returns the SHA-256 of the restored state (`state_digest`).
 
-    The digest equals the file's ``sha256`` when the state came back bit for bit, which is the case unless the
-    current config keeps fewer entries per prompt (``memory.capacity``), where the newest entries are kept.
+    The digest equals the file's `sha256` when the state came back bit for bit, which is the case unless the
+    current config keeps fewer entries per prompt (`memory.capacity`), where the newest entries are kept.
 
     Raises:
-        ValueError: see :func:`read_state`; also whatever ``obj.load_state_dict`` refuses (a feature-config mismatch,
+        ValueError: see `read_state`; also whatever `obj.load_state_dict` refuses (a feature-config mismatch,
             another answer-key version).
     """
     record = _read_record(path, fmt)
@@ -141,5 +141,5 @@ def load_state(obj: Stateful, path: str, fmt: str = FORMAT) -> str:
 
 
 def load_memory(memory: Stateful, path: str) -> str:
-    """Restore a MEDS memory from ``path`` (:func:`load_state` with the memory format); returns its digest."""
+    """Restore a MEDS memory from `path` (`load_state` with the memory format); returns its digest."""
     return load_state(memory, path, FORMAT)

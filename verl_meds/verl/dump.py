@@ -1,13 +1,13 @@
-"""Optional per-step dump of MEDS's view of every rollout, for ``verl_meds.analysis`` (off by default).
+"""Optional per-step dump of MEDS's view of every rollout, for `verl_meds.analysis` (off by default).
 
-I/O is kept out of the algorithm (STYLE B.6.26): the trainer hands each step's arrays to :class:`AnalysisDump`, which
-appends one JSON line per rollout to ``<trainer.default_local_dir>/<filename>`` in the record format of
-:mod:`verl_meds.analysis.records` (``step``, ``prompt_id``, ``sample_index``, ``correct``, ``answer``, ``features``,
-``cluster_size``, ``penalty``, and ``response`` when asked for). Rows are written in the order the memory saw them,
-so that :func:`verl_meds.analysis.records.assign_clusters` replays exactly the same clusters.
+I/O is kept out of the algorithm (STYLE B.6.26): the trainer hands each step's arrays to `AnalysisDump`, which
+appends one JSON line per rollout to `<trainer.default_local_dir>/<filename>` in the record format of
+`verl_meds.analysis.records` (`step`, `prompt_id`, `sample_index`, `correct`, `answer`, `features`,
+`cluster_size`, `penalty`, and `response` when asked for). Rows are written in the order the memory saw them,
+so that `verl_meds.analysis.records.assign_clusters` replays exactly the same clusters.
 
 After a crash and resume, steps between the last checkpoint and the crash are dumped twice; readers should keep the
-last record of each ``(step, prompt_id, sample_index)``.
+last record of each `(step, prompt_id, sample_index)`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class DumpConfig:
         enable (`bool`, *optional*, defaults to `False`):
             Write the per-rollout records.
         filename (`str`, *optional*, defaults to `"analysis.jsonl"`):
-            File name inside ``trainer.default_local_dir``.
+            File name inside `trainer.default_local_dir`.
         responses (`bool`, *optional*, defaults to `False`):
             Also write the decoded response text (large on long responses).
     """
@@ -46,7 +46,7 @@ class DumpConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> DumpConfig:
-        """Build from a plain dict; unknown keys raise ``ValueError`` listing the valid ones."""
+        """Build from a plain dict; unknown keys raise `ValueError` listing the valid ones."""
         d = dict(d or {})
         unknown = sorted(set(d) - {"enable", "filename", "responses"})
         if unknown:
@@ -55,7 +55,7 @@ class DumpConfig:
 
 
 class AnalysisDump:
-    """Appends per-rollout records to a JSONL file (one ``write_step`` call per training step)."""
+    """Appends per-rollout records to a JSONL file (one `write_step` call per training step)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -75,7 +75,7 @@ class AnalysisDump:
         penalties: np.ndarray,
         responses: Sequence[str] | None = None,
     ) -> int:
-        """Append the step's rows in ``order``; returns the number of lines written.
+        """Append the step's rows in `order`; returns the number of lines written.
 
         Args:
             step (`int`): the training step.

@@ -3,13 +3,15 @@ Perspective", https://huggingface.co/papers/2506.14758), as compared against in 
 
 Each response token's advantage gets an entropy bonus, clipped so it can never flip the advantage's sign:
 
-.. math::  A'_t = A_t + \min\big(\alpha \cdot H_t^{\mathrm{detach}},\; |A_t| / \kappa\big),
-           \qquad \alpha = 0.4,\ \kappa = 2
+$$
+A'_t = A_t + \min\big(\alpha \cdot H_t^{\mathrm{detach}},\; |A_t| / \kappa\big), \qquad \alpha = 0.4,\ \kappa = 2
+$$
 
-``H_t`` is the policy's token entropy, detached (a constant for the gradient). It is the entropy verl already
-computes during the log-prob recompute (``old_log_prob`` stage), i.e. the entropy of the policy that the update
+`H_t` is the policy's token entropy, detached (a constant for the gradient). It is the entropy verl already
+computes during the log-prob recompute (`old_log_prob` stage), i.e. the entropy of the policy that the update
 starts from; with one PPO epoch that is the current policy of the first mini-batch. The bonus is applied to the
-per-token advantages after verl's estimator, before the policy loss (:class:`verl_meds.verl.trainer.MEDSTrainer`).
+per-token advantages after verl's estimator, before the policy loss
+(`verl_meds.verl.hooks.entropy.EntropyAdvantageHook`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class EntropyAdvantageConfig:
         alpha (`float`, *optional*, defaults to `0.4`):
             Entropy coefficient (Cheng et al. 2025), >= 0.
         kappa (`float`, *optional*, defaults to `2.0`):
-            Clip divisor: the bonus is at most ``|A| / kappa``; > 0.
+            Clip divisor: the bonus is at most `|A| / kappa`; > 0.
     """
 
     enable: bool = False
@@ -46,7 +48,7 @@ class EntropyAdvantageConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> EntropyAdvantageConfig:
-        """Build from a plain dict; unknown keys raise ``ValueError`` listing the valid ones."""
+        """Build from a plain dict; unknown keys raise `ValueError` listing the valid ones."""
         d = dict(d or {})
         unknown = sorted(set(d) - {"enable", "alpha", "kappa"})
         if unknown:
@@ -67,8 +69,8 @@ def entropy_advantage(
         kappa (`float`): clip divisor.
 
     Returns:
-        `tuple`: the shaped advantages `(N, T)` and metrics ``entropy_adv/bonus_mean``, ``entropy_adv/bonus_max``
-        and ``entropy_adv/clipped_frac`` (fraction of response tokens where the ``|A|/kappa`` bound was active).
+        `tuple`: the shaped advantages `(N, T)` and metrics `entropy_adv/bonus_mean`, `entropy_adv/bonus_max`
+        and `entropy_adv/clipped_frac` (fraction of response tokens where the `|A|/kappa` bound was active).
         Non-finite entropies get no bonus.
     """
     mask = response_mask.to(torch.bool)

@@ -1,16 +1,16 @@
 """Outcome-based exploration (Song, Kempe, Munos 2025, https://huggingface.co/papers/2509.06941) in verl.
 
-:class:`verl_meds.verl.trainer.MEDSTrainer` calls :func:`explore_advantages` in verl's ``adv`` stage, right after
-verl's estimator wrote the GRPO advantages and before the policy loss, when the top-level ``exploration`` block is
-enabled (``exploration.enable=true``; methods ``explore_hist`` and ``explore_batch`` of the recipes). Per step:
+`verl_meds.verl.hooks.exploration.ExplorationHook` calls `explore_advantages` in verl's `adv` stage, right after
+verl's estimator wrote the GRPO advantages and before the policy loss, when the top-level `exploration` block is
+enabled (`exploration.enable=true`; methods `explore_hist` and `explore_batch` of the recipes). Per step:
 
-1. decode each response, take the content of its last ``\\boxed{}`` and turn it into an answer key
-   (:func:`verl_meds.grading.answer_keys`, bounded in time; no closed box, or a key that hit the bound ->
-   :data:`verl_meds.exploration.NO_ANSWER`);
-2. compute ``c * bonus`` per response (:func:`verl_meds.exploration.exploration_bonus`; historical exploration
+1. decode each response, take the content of its last `\\boxed{}` and turn it into an answer key
+   (`verl_meds.grading.answer_keys`, bounded in time; no closed box, or a key that hit the bound ->
+   `verl_meds.exploration.NO_ANSWER`);
+2. compute `c * bonus` per response (`verl_meds.exploration.exploration_bonus`; historical exploration
    reads and updates the per-prompt answer counts N(x, a), which the trainer checkpoints next to the model);
 3. add it to the per-token advantages before the answer's first token
-   (:func:`verl_meds.exploration.apply_bonus_to_advantages`).
+   (`verl_meds.exploration.apply_bonus_to_advantages`).
 
 Nothing here needs the actor workers: the answer keys come from the decoded responses, not from hidden states.
 """
@@ -31,7 +31,7 @@ ANSWER_KEY_FROM_REWARD = "answer_key/from_reward"
 
 
 def exploration_config_from_trainer_config(config: DictConfig) -> ExplorationConfig:
-    """The validated :class:`ExplorationConfig` of a trainer config's top-level ``exploration`` block.
+    """The validated `ExplorationConfig` of a trainer config's top-level `exploration` block.
 
     Raises:
         ValueError: for unknown keys or invalid values (the message names the field, the value and what is allowed).
@@ -41,9 +41,9 @@ def exploration_config_from_trainer_config(config: DictConfig) -> ExplorationCon
 
 
 def response_answer_keys(texts: list[str]) -> tuple[list[str | None], dict[str, float]]:
-    """Answer key of each decoded response (content of its last closed ``\\boxed{}``), ``None`` when it has none or
-    its key hit the time bound; and the metrics ``answer_key/timeouts`` and ``answer_key/errors``
-    (number of responses whose key timed out or failed) and ``answer_key/from_reward`` (0.0: keyed here)."""
+    """Answer key of each decoded response (content of its last closed `\\boxed{}`), `None` when it has none or
+    its key hit the time bound; and the metrics `answer_key/timeouts` and `answer_key/errors`
+    (number of responses whose key timed out or failed) and `answer_key/from_reward` (0.0: keyed here)."""
     keys, statuses = answer_keys([extract_boxed(text) for text in texts])
     metrics = {
         ANSWER_KEY_TIMEOUTS: float(sum(status == TIMEOUT for status in statuses)),
@@ -54,15 +54,15 @@ def response_answer_keys(texts: list[str]) -> tuple[list[str | None], dict[str, 
 
 
 def keys_from_reward_info(extra_fields: list | None) -> tuple[list[str | None], dict[str, float]] | None:
-    """Answer keys that ``verl_meds.verl.reward`` computed in the reward workers (``answer_keys=True``), or `None`
+    """Answer keys that `verl_meds.verl.reward` computed in the reward workers (`answer_keys=True`), or `None`
     when any response's reward info lacks one (another reward function, or the option off).
 
     Args:
-        extra_fields (`list` of length N, *optional*): verl's per-response ``extra_fields``.
+        extra_fields (`list` of length N, *optional*): verl's per-response `extra_fields`.
 
     Returns:
-        `tuple` or `None`: the N keys (`None` for no answer) and the ``answer_key/*`` metrics, as
-        [`response_answer_keys`] gives them (``answer_key/from_reward`` 1.0).
+        `tuple` or `None`: the N keys (`None` for no answer) and the `answer_key/*` metrics, as
+        [`response_answer_keys`] gives them (`answer_key/from_reward` 1.0).
     """
     if not extra_fields:
         return None
@@ -88,10 +88,10 @@ def batch_answer_keys(
         tokenizer (`TokenizerLike`): decodes response ids.
         responses (`torch.Tensor` of shape `(N, T)`, int): response ids, padded.
         response_mask (`torch.Tensor` of shape `(N, T)`): 1 on response tokens.
-        extra_fields (`list` of length N, *optional*): verl's per-response ``extra_fields``.
+        extra_fields (`list` of length N, *optional*): verl's per-response `extra_fields`.
 
     Returns:
-        `tuple`: the N keys (`None` for no answer) and the ``answer_key/*`` metrics.
+        `tuple`: the N keys (`None` for no answer) and the `answer_key/*` metrics.
     """
     found = keys_from_reward_info(extra_fields)
     if found is not None:
@@ -112,23 +112,23 @@ def explore_advantages(
     correct,
     extra_fields: list | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Advantages with the exploration term added, and the ``explore/*`` metrics; updates ``counts``.
+    """Advantages with the exploration term added, and the `explore/*` metrics; updates `counts`.
 
     Args:
-        config (`ExplorationConfig`): the ``exploration`` block.
+        config (`ExplorationConfig`): the `exploration` block.
         counts (`AnswerCounts`): N(x, a) so far (historical method), updated in place.
         tokenizer (`TokenizerLike`): decodes response ids.
-        prompt_ids (`list[str]` of length N): stable prompt id of each response (``stable_prompt_ids``).
-        group_ids (`list` of length N): verl's per-step ``uid`` of each response.
+        prompt_ids (`list[str]` of length N): stable prompt id of each response (`stable_prompt_ids`).
+        group_ids (`list` of length N): verl's per-step `uid` of each response.
         responses (`torch.Tensor` of shape `(N, T)`, int): response ids, padded.
         response_mask (`torch.Tensor` of shape `(N, T)`): 1 on response tokens.
         advantages (`torch.Tensor` of shape `(N, T)`, float): verl's advantages.
         correct (`np.ndarray` of shape `(N,)`, bool): whether each response was graded correct.
-        extra_fields (`list` of length N, *optional*): verl's per-response ``extra_fields``; answer keys computed by
+        extra_fields (`list` of length N, *optional*): verl's per-response `extra_fields`; answer keys computed by
             the reward function are taken from there ([`batch_answer_keys`]).
 
     Returns:
-        `tuple`: advantages `(N, T)` (dtype of ``advantages``) and metrics.
+        `tuple`: advantages `(N, T)` (dtype of `advantages`) and metrics.
     """
     found, key_metrics = batch_answer_keys(tokenizer, responses, response_mask, extra_fields)
     keys = [key if key is not None else NO_ANSWER for key in found]

@@ -1,8 +1,8 @@
-"""Hydra entry point: ``python -m verl_meds.verl.main [--config-path DIR --config-name NAME] key=value ...``.
+"""Hydra entry point: `python -m verl_meds.verl.main [--config-path DIR --config-name NAME] key=value ...`.
 
-It composes verl's own ``ppo_trainer`` config with the ``meds`` block (see ``config/meds_trainer.yaml``), switches
-CPU mode on when ``trainer.device=cpu``, registers verl_meds with verl (and checks the registration), validates the
-MEDS options, and hands over to verl's ``run_ppo`` with verl's V1 task runner. Nothing of verl is copied: the
+It composes verl's own `ppo_trainer` config with the `meds` block (see `config/meds_trainer.yaml`), switches
+CPU mode on when `trainer.device=cpu`, registers verl_meds with verl (and checks the registration), validates the
+MEDS options, and hands over to verl's `run_ppo` with verl's V1 task runner. Nothing of verl is copied: the
 training loop, Ray start-up and checkpointing are verl's.
 """
 
@@ -25,17 +25,17 @@ def _select(config: DictConfig, key: str, default=None):
 
 
 def unsupported_settings(config: DictConfig) -> list[str]:
-    """Settings of ``config`` that MEDS cannot serve, each as ``"field=value: why, and what to do"``.
+    """Settings of `config` that MEDS cannot serve, each as `"field=value: why, and what to do"`.
 
-    Checked before Ray starts (:func:`prepare`), so that a run does not fail after the model loaded and a first
-    rollout finished. Feature capture (``meds.enable`` with a feature memory, or ``meds_dump``) reads hidden states
+    Checked before Ray starts (`prepare`), so that a run does not fail after the model loaded and a first
+    rollout finished. Feature capture (`meds.enable` with a feature memory, or `meds_dump`) reads hidden states
     in the actor's log-prob recompute, which rules out: Ulysses sequence parallelism (each rank holds a slice of
     every sequence, not the answer positions), verl's fused log-prob kernels (the forward returns no per-layer
     states to the hooks), rollout-correction bypass mode (no recompute at all) and non-FSDP actor strategies. The
-    ``meds`` estimator cannot take verl's multi-turn session grouping (only ``grpo`` gets it).
+    `meds` estimator cannot take verl's multi-turn session grouping (only `grpo` gets it).
 
     Args:
-        config (`DictConfig`): a composed verl trainer config with the top-level ``meds`` block.
+        config (`DictConfig`): a composed verl trainer config with the top-level `meds` block.
 
     Returns:
         `list[str]`: empty when every setting is supported.
@@ -84,7 +84,7 @@ def unsupported_settings(config: DictConfig) -> list[str]:
 
 
 def check_supported_settings(config: DictConfig) -> None:
-    """Raise on the first settings that MEDS cannot serve (:func:`unsupported_settings`).
+    """Raise on the first settings that MEDS cannot serve (`unsupported_settings`).
 
     Raises:
         ValueError: naming every unsupported field, its value and what to do.
@@ -95,11 +95,11 @@ def check_supported_settings(config: DictConfig) -> None:
 
 
 def prepare(config: DictConfig) -> DictConfig:
-    """Set up the process for ``config`` and validate it (no Ray start). Returns the same, completed config.
+    """Set up the process for `config` and validate it (no Ray start). Returns the same, completed config.
 
     Raises:
-        ValueError: for an invalid ``meds`` or ``exploration`` block (names the field, the value and what is allowed),
-            or a setting MEDS cannot serve (:func:`check_supported_settings`).
+        ValueError: for an invalid `meds` or `exploration` block (names the field, the value and what is allowed),
+            or a setting MEDS cannot serve (`check_supported_settings`).
         RuntimeError: when the verl_meds registration with verl is incomplete.
     """
     from verl_meds.verl import cpu
@@ -139,7 +139,7 @@ def prepare(config: DictConfig) -> DictConfig:
 
 
 def run(config: DictConfig) -> None:
-    """Prepare, validate with verl's own checks, and train through verl's ``run_ppo``."""
+    """Prepare, validate with verl's own checks, and train through verl's `run_ppo`."""
     prepare(config)
     from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
@@ -182,10 +182,10 @@ def _remove_placement_groups(pg_ids: set[str]) -> None:
 
 
 class _OwnedRunner:
-    """Hands verl's ``run_ppo`` its task-runner actor class and keeps the handle, so the run's actors can be ended.
+    """Hands verl's `run_ppo` its task-runner actor class and keeps the handle, so the run's actors can be ended.
 
     verl's task runner owns every actor of the run (workers, rollout servers, TransferQueue). Killing it when
-    ``run_ppo`` returns releases their Ray resources at once, which lets several runs share one Ray cluster.
+    `run_ppo` returns releases their Ray resources at once, which lets several runs share one Ray cluster.
     """
 
     def __init__(self, actor_class) -> None:
@@ -239,7 +239,7 @@ def _wait_for_free_resources(config: DictConfig, timeout_seconds: float = 120.0)
 
 @hydra.main(config_path="config", config_name="meds_trainer", version_base=None)
 def main(config: DictConfig) -> None:
-    """Hydra main: compose, then :func:`run`."""
+    """Hydra main: compose, then `run`."""
     run(config)
 
 

@@ -2,11 +2,11 @@
 
 What is registered, and where it lives in verl (no verl source is patched):
 
-- trainer mode ``meds`` (``verl.trainer.ppo.v1.register_trainer``): :class:`verl_meds.verl.trainer.MEDSTrainer`.
-- advantage estimator ``meds`` (``verl.trainer.ppo.core_algos.register_adv_est``): GRPO normalisation of the
-  shaped rewards (:func:`verl_meds.verl.advantage.compute_meds_outcome_advantage`).
-- CPU mode only (``VERL_MEDS_CPU=1``): platform ``cpu`` (``PlatformRegistry``) and rollout ``hf``
-  (``RolloutReplicaRegistry`` plus verl's ``(name, "async")`` adapter table).
+- trainer mode `meds` (`verl.trainer.ppo.v1.register_trainer`): `verl_meds.verl.trainer.MEDSTrainer`.
+- advantage estimator `meds` (`verl.trainer.ppo.core_algos.register_adv_est`): GRPO normalisation of the
+  shaped rewards (`verl_meds.verl.advantage.compute_meds_outcome_advantage`).
+- CPU mode only (`VERL_MEDS_CPU=1`): platform `cpu` (`PlatformRegistry`) and rollout `hf`
+  (`RolloutReplicaRegistry` plus verl's `(name, "async")` adapter table).
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ def _register_rollout() -> None:
 
 
 def register() -> None:
-    """Register everything listed in the module docstring (safe to call more than once), then :func:`check`.
+    """Register everything listed in the module docstring (safe to call more than once), then `check`.
 
     Raises:
-        RuntimeError: when a registration is missing afterwards (see :func:`check`).
+        RuntimeError: when a registration is missing afterwards (see `check`).
     """
     # The platform must exist before anything asks verl for one (importing verl's trainer and engines does).
     if cpu.cpu_mode_requested():

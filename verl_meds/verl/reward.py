@@ -1,26 +1,26 @@
-"""Rule-based math reward for verl: grade the last ``\\boxed{}`` with math-verify, in a bounded time.
+"""Rule-based math reward for verl: grade the last `\\boxed{}` with math-verify, in a bounded time.
 
-Point verl at these functions with ``reward.custom_reward_function.path=<this file>`` and ``name=``:
+Point verl at these functions with `reward.custom_reward_function.path=<this file>` and `name=`:
 
-- :func:`compute_score` (DAPO-style): ``score`` = +1 when correct, -1 otherwise.
-- :func:`compute_score_acc` (accuracy): ``score`` = 1 when correct, 0 otherwise.
+- `compute_score` (DAPO-style): `score` = +1 when correct, -1 otherwise.
+- `compute_score_acc` (accuracy): `score` = 1 when correct, 0 otherwise.
 
-Both also return ``acc`` (1.0 / 0.0, what verl's dynamic sampling filters on and what MEDS reads as correctness),
-``pred`` (the extracted answer, "" when there is none) and ``grading_timeout`` / ``grading_error`` (1.0 when the
-grading hit its time bound or failed, or the ground truth is no answer (``None``, NaN): the response is then graded
+Both also return `acc` (1.0 / 0.0, what verl's dynamic sampling filters on and what MEDS reads as correctness),
+`pred` (the extracted answer, "" when there is none) and `grading_timeout` / `grading_error` (1.0 when the
+grading hit its time bound or failed, or the ground truth is no answer (`None`, NaN): the response is then graded
 wrong; the trainer logs their means as
-``reward/grading_timeout_frac`` and ``reward/grading_error_frac``). The overlong buffer of DAPO is verl's own
-(``reward.reward_manager.name=dapo`` with ``reward.reward_kwargs.overlong_buffer_cfg``), added on top of ``score``.
+`reward/grading_timeout_frac` and `reward/grading_error_frac`). The overlong buffer of DAPO is verl's own
+(`reward.reward_manager.name=dapo` with `reward.reward_kwargs.overlong_buffer_cfg`), added on top of `score`.
 
-Grading is :func:`verl_meds.grading.grade`: math-verify's ``verify`` (gold first) behind three small rules
+Grading is `verl_meds.grading.grade`: math-verify's `verify` (gold first) behind three small rules
 (spellings unified, only fully understood answers compared as math, exact numbers compared exactly), run in worker
-processes so that every response is graded within ``timeout_seconds`` (default 5 s; pass it through
-``reward.custom_reward_function.reward_kwargs`` or set ``VERL_MEDS_GRADING_TIMEOUT``) from whatever thread verl
+processes so that every response is graded within `timeout_seconds` (default 5 s; pass it through
+`reward.custom_reward_function.reward_kwargs` or set `VERL_MEDS_GRADING_TIMEOUT`) from whatever thread verl
 calls it.
 
-With ``answer_keys=True`` (``reward.custom_reward_function.reward_kwargs.answer_keys``, set by the answer-keyed
-recipes) the result also carries ``answer_key`` (``verl_meds.grading.answer_keys`` of ``pred``, "" for none) and its
-``answer_key_timeout`` / ``answer_key_error`` flags: the keys are then computed in verl's reward workers, in parallel,
+With `answer_keys=True` (`reward.custom_reward_function.reward_kwargs.answer_keys`, set by the answer-keyed
+recipes) the result also carries `answer_key` (`verl_meds.grading.answer_keys` of `pred`, "" for none) and its
+`answer_key_timeout` / `answer_key_error` flags: the keys are then computed in verl's reward workers, in parallel,
 and the trainer reads them instead of decoding and keying every response in the driver.
 """
 
@@ -37,19 +37,19 @@ logger = logging.getLogger(__name__)
 
 
 def is_correct(pred: str, ground_truth: Any, timeout_seconds: float | None = None) -> bool:
-    """Whether ``pred`` (an extracted answer, no ``\\boxed``) equals ``ground_truth`` (``verl_meds.grading.grade``).
+    """Whether `pred` (an extracted answer, no `\\boxed`) equals `ground_truth` (`verl_meds.grading.grade`).
 
     Args:
         pred (`str`): the model's final answer.
         ground_truth (`str`, `int`, `float` or `list`): the reference; a list means any of its items; numbers are
-            written in positional notation (``1e-05`` is ``0.00001``).
+            written in positional notation (`1e-05` is `0.00001`).
         timeout_seconds (`float`, *optional*): time bound of the comparison (default 5 s).
 
     Returns:
-        `bool`: the verdict; ``False`` when the bound was hit or the comparison failed.
+        `bool`: the verdict; `False` when the bound was hit or the comparison failed.
 
     Raises:
-        ValueError: for a ``bool``, non-finite or non-numeric, non-string ``ground_truth``.
+        ValueError: for a `bool`, non-finite or non-numeric, non-string `ground_truth`.
     """
     return grade(pred, ground_truth, timeout_seconds).correct
 
@@ -90,7 +90,7 @@ def compute_score(
     answer_keys: bool = False,
     **kwargs,
 ) -> dict:
-    """DAPO-style score (verl reward-function signature): ``score`` +1 or -1, ``acc``, ``pred``, grading flags."""
+    """DAPO-style score (verl reward-function signature): `score` +1 or -1, `acc`, `pred`, grading flags."""
     verdict, pred = _grade(solution_str, ground_truth, timeout_seconds)
     return _result(1.0 if verdict.correct else -1.0, verdict, pred, answer_keys, timeout_seconds)
 
@@ -104,6 +104,6 @@ def compute_score_acc(
     answer_keys: bool = False,
     **kwargs,
 ) -> dict:
-    """Accuracy score (verl reward-function signature): ``score`` 1 or 0, ``acc``, ``pred``, grading flags."""
+    """Accuracy score (verl reward-function signature): `score` 1 or 0, `acc`, `pred`, grading flags."""
     verdict, pred = _grade(solution_str, ground_truth, timeout_seconds)
     return _result(float(verdict.correct), verdict, pred, answer_keys, timeout_seconds)

@@ -1,18 +1,18 @@
-"""Summarise a training run from verl's metric files: ``python -m verl_meds.verl.summary OUT_DIR``.
+"""Summarise a training run from verl's metric files: `python -m verl_meds.verl.summary OUT_DIR`.
 
-Reads every ``OUT_DIR/metrics.*.jsonl`` (one per attempt: the first run and each resume; verl's file logger writes
-one JSON record ``{"step": s, "data": {...}}`` per step), merges them by step (a later attempt wins), prints a short
-report and writes it to ``OUT_DIR/summary.json``.
+Reads every `OUT_DIR/metrics.*.jsonl` (one per attempt: the first run and each resume; verl's file logger writes
+one JSON record `{"step": s, "data": {...}}` per step), merges them by step (a later attempt wins), prints a short
+report and writes it to `OUT_DIR/summary.json`.
 
 The report also shows the first `FIRST_STEPS` training steps' answer-found fraction and response clip ratio, the two
 numbers that tell early whether the response budget fits the model (a thinking model that runs out of tokens ends
-without a ``\\boxed{}``: reward 0, no MEDS feature, no penalty):
+without a `\\boxed{}`: reward 0, no MEDS feature, no penalty):
 
-- ``answer_found_frac``: ``meds/features/answer_found_frac`` (MEDS rows), else ``reward/answer_found_frac`` (every
-  row graded by ``verl_meds.verl.reward``: a closed final box), else ``1 - explore/no_answer_frac``; `None` when none
+- `answer_found_frac`: `meds/features/answer_found_frac` (MEDS rows), else `reward/answer_found_frac` (every
+  row graded by `verl_meds.verl.reward`: a closed final box), else `1 - explore/no_answer_frac`; `None` when none
   is logged.
-- ``clip_ratio``: verl's ``response_length/clip_ratio``, the fraction of responses that hit
-  ``data.max_response_length``.
+- `clip_ratio`: verl's `response_length/clip_ratio`, the fraction of responses that hit
+  `data.max_response_length`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ FIRST_STEPS = 3
 
 
 def read_metrics(out_dir: str) -> dict[int, dict[str, Any]]:
-    """Per-step metrics of all attempts in ``out_dir``, merged (later attempts override earlier ones)."""
+    """Per-step metrics of all attempts in `out_dir`, merged (later attempts override earlier ones)."""
 
     def attempt(path: str) -> int:
         match = re.search(r"metrics\.(\d+)\.jsonl$", path)

@@ -1,22 +1,22 @@
 """Feature capture on verl's actor workers: the only place where verl_meds touches verl's worker side.
 
-During the actor's log-prob recompute (``old_log_prob``), verl's FSDP engine runs each micro-batch through the
-policy once. :class:`MEDSEngineMixin` wraps that forward step with :class:`verl_meds.features.LogitLensCapture`, so
+During the actor's log-prob recompute (`old_log_prob`), verl's FSDP engine runs each micro-batch through the
+policy once. `MEDSEngineMixin` wraps that forward step with `verl_meds.features.LogitLensCapture`, so
 the logit-lens feature of every response is read from the same forward pass (no second pass, no full-vocabulary
-projection) and returned with verl's other per-sample outputs as ``meds_features`` (float32, shape `(L_sel,)` per
+projection) and returned with verl's other per-sample outputs as `meds_features` (float32, shape `(L_sel,)` per
 sample; NaN where the response has no answer token).
 
-The driver (:mod:`verl_meds.verl.trainer`) asks for it by writing two per-sample fields next to the batch and three
-settings into the batch's ``extra_info`` before calling ``compute_log_prob``:
+The driver (`verl_meds.verl.trainer`) asks for it by writing two per-sample fields next to the batch and three
+settings into the batch's `extra_info` before calling `compute_log_prob`:
 
-- ``meds_pred_pos`` (int64): position, within the sample's ``[prompt | response]`` sequence, of the token that
-  predicts the answer token (``-1``: no answer);
-- ``meds_answer_token`` (int64): the answer token id;
-- ``meds_capture`` (bool), ``meds_layers`` (list of 1-based layers), ``meds_final_norm`` (bool).
+- `meds_pred_pos` (int64): position, within the sample's `[prompt | response]` sequence, of the token that
+  predicts the answer token (`-1`: no answer);
+- `meds_answer_token` (int64): the answer token id;
+- `meds_capture` (bool), `meds_layers` (list of 1-based layers), `meds_final_norm` (bool).
 
-:class:`MEDSActorRolloutRefWorker` is verl's ``ActorRolloutRefWorker`` whose actor engine gets the mixin after
-``init_model`` (the engine's class is extended in place, whatever FSDP engine verl chose). Reference-policy and
-training forwards are untouched. Both packed (``use_remove_padding=True``) and padded layouts are supported; Ulysses
+`MEDSActorRolloutRefWorker` is verl's `ActorRolloutRefWorker` whose actor engine gets the mixin after
+`init_model` (the engine's class is extended in place, whatever FSDP engine verl chose). Reference-policy and
+training forwards are untouched. Both packed (`use_remove_padding=True`) and padded layouts are supported; Ulysses
 sequence parallelism is not (the positions would be split across ranks), and asking for it raises an error.
 """
 
@@ -41,16 +41,16 @@ ANSWER_TOKEN_KEY = "meds_answer_token"
 def flat_positions(
     input_ids: torch.Tensor, pred_pos: torch.Tensor, use_remove_padding: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Map per-sample positions to rows of the forward's hidden states flattened to ``(B*S, D)``.
+    """Map per-sample positions to rows of the forward's hidden states flattened to `(B*S, D)`.
 
     Args:
-        input_ids (`torch.Tensor`, nested jagged of shape `(B, j)`): the micro-batch's ``[prompt | response]`` ids.
-        pred_pos (`torch.LongTensor` of shape `(B,)`): per-sample predicting position, ``-1`` for none.
-        use_remove_padding (`bool`): verl packs all samples into one ``(1, total)`` row when true, and right-pads
-            them to ``(B, max_len)`` otherwise.
+        input_ids (`torch.Tensor`, nested jagged of shape `(B, j)`): the micro-batch's `[prompt | response]` ids.
+        pred_pos (`torch.LongTensor` of shape `(B,)`): per-sample predicting position, `-1` for none.
+        use_remove_padding (`bool`): verl packs all samples into one `(1, total)` row when true, and right-pads
+            them to `(B, max_len)` otherwise.
 
     Returns:
-        `tuple`: ``(flat, valid)``; ``flat`` (int64, `(B,)`, meaningful where ``valid``) and ``valid`` (bool, `(B,)`):
+        `tuple`: `(flat, valid)`; `flat` (int64, `(B,)`, meaningful where `valid`) and `valid` (bool, `(B,)`):
         the position exists and the token after it is inside the sequence.
     """
     offsets = input_ids.offsets().to(torch.long)  # (B + 1,)
@@ -66,7 +66,7 @@ def flat_positions(
 
 
 class MEDSEngineMixin:
-    """Adds logit-lens capture to a verl FSDP engine's ``forward_step`` when the batch asks for it."""
+    """Adds logit-lens capture to a verl FSDP engine's `forward_step` when the batch asks for it."""
 
     def forward_step(self, micro_batch, loss_function, forward_only):
         wants = forward_only and tu.get_non_tensor_data(data=micro_batch, key="meds_capture", default=False)
@@ -102,7 +102,7 @@ _MIXED: dict[type, type] = {}
 
 
 def with_capture(engine_cls: type) -> type:
-    """``engine_cls`` extended by :class:`MEDSEngineMixin` (one class per engine class, cached)."""
+    """`engine_cls` extended by `MEDSEngineMixin` (one class per engine class, cached)."""
     if issubclass(engine_cls, MEDSEngineMixin):
         return engine_cls
     if engine_cls not in _MIXED:
@@ -111,7 +111,7 @@ def with_capture(engine_cls: type) -> type:
 
 
 class MEDSActorRolloutRefWorker(ActorRolloutRefWorker):
-    """verl's actor/rollout/ref worker whose actor engine captures MEDS features during ``compute_log_prob``."""
+    """verl's actor/rollout/ref worker whose actor engine captures MEDS features during `compute_log_prob`."""
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self):

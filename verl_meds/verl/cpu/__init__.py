@@ -1,25 +1,25 @@
-"""CPU support for verl 0.9: a ``cpu`` platform, and the two process-level fixes verl needs on CPU.
+"""CPU support for verl 0.9: a `cpu` platform, and the two process-level fixes verl needs on CPU.
 
 This subpackage is everything the project needs only to run verl on a CPU: this module (platform and fixes) and
-``hf_rollout`` (an HF-transformers rollout server, verl rollout ``hf``). The MEDS method does not import it.
+`hf_rollout` (an HF-transformers rollout server, verl rollout `hf`). The MEDS method does not import it.
 
-verl 0.9.1 trains on CPU once it is told the machine is a ``cpu`` platform. This module holds what that takes,
-and nothing here is active unless CPU mode is requested (``VERL_MEDS_CPU=1``, which :func:`enable_cpu_mode` sets
+verl 0.9.1 trains on CPU once it is told the machine is a `cpu` platform. This module holds what that takes,
+and nothing here is active unless CPU mode is requested (`VERL_MEDS_CPU=1`, which `enable_cpu_mode` sets
 for the driver and every Ray worker). GPU users are never affected: the platform is registered only in CPU mode
-and even then reports itself unavailable to verl's auto-detection, so only ``VERL_PLATFORM=cpu`` selects it.
+and even then reports itself unavailable to verl's auto-detection, so only `VERL_PLATFORM=cpu` selects it.
 
 What CPU mode changes, and why:
 
-- **Platform** (:class:`CPUPlatform`, registered with verl's ``PlatformRegistry`` as ``cpu``): device ``cpu``,
-  collective backend ``gloo``, and a device module (:class:`CPUDeviceModule`) that answers verl's memory and
+- **Platform** (`CPUPlatform`, registered with verl's `PlatformRegistry` as `cpu`): device `cpu`,
+  collective backend `gloo`, and a device module (`CPUDeviceModule`) that answers verl's memory and
   stream calls with neutral values (0 bytes allocated, no-op synchronise).
-- **Ray resources**: verl places its workers on Ray ``GPU`` bundles, so the driver's Ray cluster is started with
-  one logical GPU (``ray_init.num_gpus=1``); no CUDA is ever touched, the resource is only a placement token.
-- **Process-group backend**: verl builds ``f"cpu:gloo,{device}:{backend}"``, which on CPU reads
-  ``cpu:gloo,cpu:gloo`` and is rejected by ``torch.distributed`` ("Duplicate device type cpu").
-  :func:`_dedupe_backend` removes the repeated ``device:backend`` pair before the call reaches torch.
-- **Engine lookup**: verl registers its FSDP engines for ``cuda``/``npu`` only; ``VERL_ENGINE_DEVICE=cuda`` makes the
-  lookup return the FSDP engine, which then runs on whatever device the platform names (here ``cpu``).
+- **Ray resources**: verl places its workers on Ray `GPU` bundles, so the driver's Ray cluster is started with
+  one logical GPU (`ray_init.num_gpus=1`); no CUDA is ever touched, the resource is only a placement token.
+- **Process-group backend**: verl builds `f"cpu:gloo,{device}:{backend}"`, which on CPU reads
+  `cpu:gloo,cpu:gloo` and is rejected by `torch.distributed` ("Duplicate device type cpu").
+  `_dedupe_backend` removes the repeated `device:backend` pair before the call reaches torch.
+- **Engine lookup**: verl registers its FSDP engines for `cuda`/`npu` only; `VERL_ENGINE_DEVICE=cuda` makes the
+  lookup return the FSDP engine, which then runs on whatever device the platform names (here `cpu`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 CPU_MODE_ENV = "VERL_MEDS_CPU"
-"""Environment variable that switches CPU mode on (value ``"1"``) in the driver and in every Ray worker."""
+"""Environment variable that switches CPU mode on (value `"1"`) in the driver and in every Ray worker."""
 
 CPU_ENV_VARS: dict[str, str] = {
     CPU_MODE_ENV: "1",
@@ -51,11 +51,11 @@ CPU_ENV_VARS: dict[str, str] = {
     "TQ_NUM_THREADS": "1",
     "RAY_DEDUP_LOGS": "1",
 }
-"""Environment set by :func:`enable_cpu_mode`; forwarded to Ray workers through ``ray_init.runtime_env``."""
+"""Environment set by `enable_cpu_mode`; forwarded to Ray workers through `ray_init.runtime_env`."""
 
 
 def cpu_mode_requested() -> bool:
-    """Whether CPU mode was asked for in this process (``VERL_MEDS_CPU=1``)."""
+    """Whether CPU mode was asked for in this process (`VERL_MEDS_CPU=1`)."""
     return os.environ.get(CPU_MODE_ENV, "0").strip().lower() in ("1", "true", "yes")
 
 
@@ -63,7 +63,7 @@ def enable_cpu_mode() -> dict[str, str]:
     """Switch this process to CPU mode and return the environment that Ray workers must inherit.
 
     Returns:
-        `dict[str, str]`: the variables of :data:`CPU_ENV_VARS`, already exported to ``os.environ``.
+        `dict[str, str]`: the variables of `CPU_ENV_VARS`, already exported to `os.environ`.
     """
     os.environ.update(CPU_ENV_VARS)
     install()
@@ -115,11 +115,11 @@ class _NullEvent:
 
 
 class CPUDeviceModule(ModuleType):
-    """The ``torch.cuda``-like module verl calls through ``get_torch_device()``, answered for the CPU.
+    """The `torch.cuda`-like module verl calls through `get_torch_device()`, answered for the CPU.
 
     Memory queries report 0 bytes used by the device allocator (CPU tensors live in process memory, which verl
-    logs separately as ``perf/cpu_memory_used_gb``); ``mem_get_info`` reports system memory. Unknown attributes
-    raise ``AttributeError`` naming the attribute, so a verl release that needs more fails with a clear message.
+    logs separately as `perf/cpu_memory_used_gb`); `mem_get_info` reports system memory. Unknown attributes
+    raise `AttributeError` naming the attribute, so a verl release that needs more fails with a clear message.
     """
 
     Stream = _NullStream
@@ -215,7 +215,7 @@ def _make_platform_class() -> type:
     PlatformBase = _platform_base()
 
     class CPUPlatform(PlatformBase):
-        """verl platform for CPU-only machines (device ``cpu``, collectives over ``gloo``)."""
+        """verl platform for CPU-only machines (device `cpu`, collectives over `gloo`)."""
 
         _device_module = CPUDeviceModule()
 
@@ -314,10 +314,10 @@ def _make_platform_class() -> type:
 
 
 def _dedupe_backend(backend: Any) -> Any:
-    """Drop repeated ``device:backend`` pairs from a custom backend string (``cpu:gloo,cpu:gloo`` -> ``cpu:gloo``).
+    """Drop repeated `device:backend` pairs from a custom backend string (`cpu:gloo,cpu:gloo` -> `cpu:gloo`).
 
     Args:
-        backend (`str` or `None`): the ``backend`` argument of ``torch.distributed.init_process_group``.
+        backend (`str` or `None`): the `backend` argument of `torch.distributed.init_process_group`.
 
     Returns:
         The same value with later duplicates of a device type removed; anything that is not a string unchanged.
@@ -339,7 +339,7 @@ def install() -> None:
     """Register the CPU platform and the backend-string fix in this process (idempotent; CPU mode only).
 
     Raises:
-        RuntimeError: when called outside CPU mode (``VERL_MEDS_CPU`` not set), so GPU runs can never get it.
+        RuntimeError: when called outside CPU mode (`VERL_MEDS_CPU` not set), so GPU runs can never get it.
     """
     global _installed
     if not cpu_mode_requested():

@@ -1,16 +1,16 @@
-"""An HF-transformers rollout for verl 0.9 (registered as rollout ``hf``), for CPU runs and tests.
+"""An HF-transformers rollout for verl 0.9 (registered as rollout `hf`), for CPU runs and tests.
 
 verl 0.9 generates through rollout *servers* (vLLM, SGLang, TensorRT-LLM) that its agent loop calls token-in,
 token-out. None of them runs on a CPU, so this module supplies a small server with the same calling convention,
-backed by ``transformers``' ``generate``:
+backed by `transformers`' `generate`:
 
-- :class:`HFRolloutReplica` (verl ``RolloutReplica``): starts one :class:`HFRolloutServer` actor per replica.
-- :class:`HFRolloutServer`: holds a copy of the policy and answers ``generate`` requests; concurrent requests
-  with equal sampling settings are gathered into one left-padded batch (``max_batch_size`` sequences).
-- :class:`HFServerAdapter` (verl ``BaseRollout``, lives in the actor worker): after each update, sends the
-  actor's full weights to the server (verl's ``naive`` checkpoint engine path calls ``update_weights``).
+- `HFRolloutReplica` (verl `RolloutReplica`): starts one `HFRolloutServer` actor per replica.
+- `HFRolloutServer`: holds a copy of the policy and answers `generate` requests; concurrent requests
+  with equal sampling settings are gathered into one left-padded batch (`max_batch_size` sequences).
+- `HFServerAdapter` (verl `BaseRollout`, lives in the actor worker): after each update, sends the
+  actor's full weights to the server (verl's `naive` checkpoint engine path calls `update_weights`).
 
-The server stamps every output with ``extra_fields["global_steps"]``, which verl's trainer reads for staleness
+The server stamps every output with `extra_fields["global_steps"]`, which verl's trainer reads for staleness
 metrics. This is a functional rollout for small models, not a fast one; GPU users keep vLLM.
 """
 
@@ -33,7 +33,7 @@ SERVER_NAME_PREFIX = "verl_meds_hf_rollout_server_"
 
 
 def server_name(replica_rank: int) -> str:
-    """Ray actor name of the rollout server of replica ``replica_rank``."""
+    """Ray actor name of the rollout server of replica `replica_rank`."""
     return f"{SERVER_NAME_PREFIX}{replica_rank}"
 
 
@@ -45,11 +45,11 @@ class _Request:
 
 
 class HFRolloutServer:
-    """Token-in, token-out generation with ``transformers`` (a Ray actor; one per rollout replica).
+    """Token-in, token-out generation with `transformers` (a Ray actor; one per rollout replica).
 
     Args:
-        config: verl ``RolloutConfig`` (reads ``response_length``, ``prompt_length``, ``max_num_seqs``, ``seed``).
-        model_config: verl's model config (reads ``path`` and ``tokenizer_path``).
+        config: verl `RolloutConfig` (reads `response_length`, `prompt_length`, `max_num_seqs`, `seed`).
+        model_config: verl's model config (reads `path` and `tokenizer_path`).
         replica_rank (`int`): rank of the replica this server belongs to.
     """
 
@@ -88,7 +88,7 @@ class HFRolloutServer:
         video_data: Any = None,
         **kwargs: Any,
     ) -> TokenOutput:
-        """Sample one completion for ``prompt_ids``; returns its token ids (eos included when produced)."""
+        """Sample one completion for `prompt_ids`; returns its token ids (eos included when produced)."""
         if image_data is not None or video_data is not None:
             raise ValueError("the hf rollout serves text-only models; got image or video data")
         params = dict(sampling_params)
@@ -231,7 +231,7 @@ class HFRolloutServer:
 
 
 class HFRolloutReplica(RolloutReplica):
-    """verl rollout replica that runs one :class:`HFRolloutServer` (registered as rollout ``hf``)."""
+    """verl rollout replica that runs one `HFRolloutServer` (registered as rollout `hf`)."""
 
     def rollout_worker_use_gpu(self) -> bool:
         return False
@@ -261,7 +261,7 @@ class HFRolloutReplica(RolloutReplica):
 
 
 class HFServerAdapter(BaseRollout):
-    """Actor-side half of the ``hf`` rollout: pushes updated weights to this replica's server."""
+    """Actor-side half of the `hf` rollout: pushes updated weights to this replica's server."""
 
     def __init__(self, config: Any, model_config: Any, device_mesh: Any, replica_rank: int = -1) -> None:
         super().__init__(config, model_config, device_mesh)
