@@ -14,9 +14,10 @@ and repacks again) handles those layers.
    bucket), with a bound on each wait for the trainer (`VERL_MEDS_VLLM_RECEIVE_TIMEOUT_S`, default 300 s);
 2. after the last bucket, load them all with `model_runner.reload_weights`.
 
-Errors never leave the trainer waiting: a failure while receiving is held until the last bucket has been
-acknowledged, then raised, so verl's sender (which waits for each acknowledgement without a timeout) always
-finishes and the error reaches the trainer through verl's `collective_rpc` call. LoRA syncs are refused.
+Errors never leave the trainer waiting: a failure while copying a bucket is held until the last bucket has been
+acknowledged, and the reload runs only after that, so verl's sender (which waits for each acknowledgement without a
+timeout) always finishes and the error reaches the trainer through verl's `collective_rpc` call. LoRA syncs are
+refused.
 
 It is selected by configuration alone, in the vLLM engine arguments that verl forwards:
 `actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls=verl_meds.verl.vllm_cpu.CPUReloadWorkerExtension`
@@ -26,8 +27,8 @@ Importing this module needs neither verl nor vLLM: the class is built on first a
 inside its worker process), so the digest helpers below also serve tests that run without vLLM.
 
 With `VERL_MEDS_VLLM_SYNC_LOG=<file>` every sync appends one JSON line: sync index, tensors, bytes,
-`weights_digest` of what was loaded, and the receive and reload times. The e2e test compares these digests
-with the actor's checkpoints.
+`weights_digest` of what was loaded (computed only then), and the receive and reload times. The e2e test compares
+these digests with the actor's checkpoints.
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ def _build_extension_class():
                     "verl_meds vLLM CPU weight sync: stage 'copy bucket' failed; the sync was received but not loaded"
                 ) from failures[0]
             received_at = time.monotonic()
-            digest = weights_digest(received)
+            digest = weights_digest(received) if os.environ.get(SYNC_LOG_ENV) else None
             try:
                 self.model_runner.reload_weights(weights_iterator=received, is_checkpoint_format=True)
             except Exception as exc:
