@@ -101,7 +101,7 @@ def _trainer(tokenizer, folder) -> MEDSTrainer:
     trainer = object.__new__(MEDSTrainer)
     config = OmegaConf.create({"trainer": {"default_local_dir": str(folder)}})
     meds = MEDSHook(config, MEDSConfig(), tokenizer, num_layers=NUM_LAYERS)
-    trainer.hooks = [GradingMetricsHook(), meds]
+    trainer._hooks = [GradingMetricsHook(), meds]
     trainer._step = None
     trainer.timing_raw = {}
     trainer.global_steps = 1

@@ -40,9 +40,16 @@ class MEDSTrainer(PPOTrainerSync):
     """verl `PPOTrainerSync` + the enabled hooks (see the module docstring)."""
 
     def __init__(self, config: DictConfig):
-        super().__init__(config)
-        self.hooks: list[TrainerHook] = build_hooks(config, self.tokenizer, self._filter_on_shaped)
+        self._hooks: list[TrainerHook] | None = None
         self._step: StepData | None = None
+        super().__init__(config)
+
+    @property
+    def hooks(self) -> list[TrainerHook]:
+        """The enabled hooks (`build_hooks`), built on first use: verl loads the tokenizer after `__init__`."""
+        if self._hooks is None:
+            self._hooks = build_hooks(self.config, self.tokenizer, getattr(self, "_filter_on_shaped", False))
+        return self._hooks
 
     def hook(self, name: str) -> TrainerHook | None:
         """The enabled hook called `name` (`"meds"`, `"exploration"`, ...), or `None`."""
