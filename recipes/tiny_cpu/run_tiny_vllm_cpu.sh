@@ -41,7 +41,7 @@ export VERL_FILE_LOGGER_PATH="$OUT/metrics.$attempt.jsonl"
 
 # Shared-memory segments before the run: those the run leaves behind unused are removed afterwards.
 SHM_BEFORE="$OUT/.shm_before.json"
-"$PY" -c "import json, sys; from verl_meds.verl.vllm_cpu import shm_segments; json.dump(sorted(shm_segments()), sys.stdout)" \
+"$PY" -c "import json, sys; from verl_meds.verl.cpu.vllm_extension import shm_segments; json.dump(sorted(shm_segments()), sys.stdout)" \
   >"$SHM_BEFORE"
 status=0
 "$PY" -m verl_meds.verl.main \
@@ -53,7 +53,7 @@ status=0
   trainer.default_local_dir="$OUT/checkpoints" \
   trainer.total_training_steps="$STEPS" \
   "$@" || status=$?
-"$PY" -c "import json, sys; from verl_meds.verl.vllm_cpu import remove_stale_shm
+"$PY" -c "import json, sys; from verl_meds.verl.cpu.vllm_extension import remove_stale_shm
 removed = remove_stale_shm(set(json.load(open(sys.argv[1]))))
 print(f'removed {len(removed)} shared-memory segments left by the vLLM server') if removed else None" "$SHM_BEFORE" || true
 rm -f "$SHM_BEFORE"

@@ -82,7 +82,7 @@ def run_log(run: RecipeRun, chars: int = 6000) -> str:
 
 def run_in_vllm_env(out: Path, assets: dict, overrides: list[str], timeout_s: float) -> tuple[RecipeRun, int]:
     """One recipe run with the vLLM interpreter; returns the run and its exit code. Leftover segments are removed."""
-    from verl_meds.verl.vllm_cpu import remove_stale_shm, segments_in_use, shm_segments
+    from verl_meds.verl.cpu.vllm_extension import remove_stale_shm, segments_in_use, shm_segments
 
     shm_before = shm_segments()
     run = RecipeRun("meds_dapo", out, assets, ["+rollout_engine=vllm_cpu", *overrides])
@@ -100,7 +100,7 @@ def run_in_vllm_env(out: Path, assets: dict, overrides: list[str], timeout_s: fl
 def test_meds_dapo_with_the_vllm_rollout(vllm_env, tmp_path, monkeypatch):
     from data_prep.assets import tiny_cpu_assets
     from verl_meds.verl.checkpoint import read_memory_state
-    from verl_meds.verl.vllm_cpu import SYNC_LOG_ENV, weights_digest
+    from verl_meds.verl.cpu.vllm_extension import SYNC_LOG_ENV, weights_digest
 
     assets = tiny_cpu_assets(attention="vllm_cpu")
     out = tmp_path / "vllm"

@@ -44,7 +44,7 @@ def test_vllm_cpu_option_composes_and_validates(method):
     assert rollout.dtype == "float32" and rollout.load_format == "dummy"
     assert rollout.checkpoint_engine.update_weights_bucket_megabytes == 16
     extension = rollout.engine_kwargs["vllm"]["worker_extension_cls"]
-    assert extension == "verl_meds.verl.vllm_cpu.CPUReloadWorkerExtension"
+    assert extension == "verl_meds.verl.cpu.vllm_extension.CPUReloadWorkerExtension"
     manager = config.actor_rollout_ref.rollout.agent.agent_loop_manager_class
     assert load_class_from_fqn(manager, "AgentLoopManager") is WatchedAgentLoopManager
     assert WatchdogConfig.from_trainer_config(config) == WatchdogConfig(weight_sync_s=300.0, generate_s=900.0)

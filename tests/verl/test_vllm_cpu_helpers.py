@@ -1,4 +1,4 @@
-"""The parts of verl_meds.verl.vllm_cpu that need no vLLM: weights digest, receive bound, shared-memory cleanup."""
+"""verl_meds.verl.cpu.vllm_extension without vLLM: weights digest, receive bound, shared-memory cleanup."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from multiprocessing import shared_memory
 import pytest
 import torch
 
-from verl_meds.verl import vllm_cpu
+from verl_meds.verl.cpu import vllm_extension as vllm_cpu
 
 
 def test_module_imports_without_vllm_and_builds_the_extension_lazily():

@@ -1,7 +1,8 @@
 """CPU support for verl 0.9: a `cpu` platform, and the two process-level fixes verl needs on CPU.
 
-This subpackage is everything the project needs only to run verl on a CPU: this module (platform and fixes) and
-`hf_rollout` (an HF-transformers rollout server, verl rollout `hf`). The MEDS method does not import it.
+This subpackage is everything the project needs only to run verl on a CPU: this module (platform and fixes),
+`hf_rollout` (an HF-transformers rollout server, verl rollout `hf`) and `vllm_extension` (the vLLM worker extension
+of verl's vLLM rollout on CPU, `docs/vllm-cpu.md`). The MEDS method does not import it.
 
 verl 0.9.1 trains on CPU once it is told the machine is a `cpu` platform. This module holds what that takes,
 and nothing here is active unless CPU mode is requested (`VERL_MEDS_CPU=1`, which `enable_cpu_mode` sets

@@ -20,7 +20,7 @@ timeout) always finishes and the error reaches the trainer through verl's `colle
 refused.
 
 It is selected by configuration alone, in the vLLM engine arguments that verl forwards:
-`actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls=verl_meds.verl.vllm_cpu.CPUReloadWorkerExtension`
+`actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls=verl_meds.verl.cpu.vllm_extension.CPUReloadWorkerExtension`
 (`recipes/meds/config/rollout_engine/vllm_cpu.yaml`). No verl or vLLM file is changed.
 
 Importing this module needs neither verl nor vLLM: the class is built on first access (vLLM resolves it by name
