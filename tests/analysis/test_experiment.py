@@ -226,3 +226,19 @@ def test_answer_key_agreement_counts_shared_answers_and_split_modes():
     assert out["nmi_answer"] == pytest.approx(1.0) and out["nmi_cluster_answer"] == pytest.approx(1.0)
     assert out["shared_answer_frac"] == 0.0 and out["split_mode_frac"] == 0.0
     assert math.isnan(ex.answer_key_agreement([])["shared_answer_frac"])
+
+
+def test_checkout_root_is_found_or_named(tmp_path, monkeypatch):
+    from verl_meds.analysis import experiment
+
+    root = experiment.checkout_root()
+    assert (root / "recipes" / "meds" / "config" / "paper.yaml").is_file()
+    fake = tmp_path / "clone"
+    (fake / "recipes" / "meds" / "config").mkdir(parents=True)
+    (fake / "data_prep").mkdir()
+    monkeypatch.setenv(experiment.CHECKOUT_ENV, str(fake))
+    assert experiment.checkout_root() == fake
+    monkeypatch.setattr(experiment, "__file__", str(tmp_path / "site" / "verl_meds" / "analysis" / "experiment.py"))
+    monkeypatch.setenv(experiment.CHECKOUT_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=experiment.CHECKOUT_ENV):
+        experiment.checkout_root()

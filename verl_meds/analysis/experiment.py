@@ -64,8 +64,40 @@ from verl_meds.analysis.records import assign_clusters, synthetic_error_mode
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = ROOT / "recipes" / "meds" / "config"
+CHECKOUT_ENV = "VERL_MEDS_CHECKOUT"
+"""Environment variable naming the repository checkout whose `recipes/` and `data_prep/` the experiment runs."""
+
+
+def checkout_root() -> Path:
+    """The repository checkout the experiment runs from: `$VERL_MEDS_CHECKOUT`, else the checkout this module sits in.
+
+    The experiment composes the recipes' Hydra config (`recipes/meds/config`) and builds the tiny CPU assets with the
+    checkout's `data_prep` scripts; neither ships with an installed wheel.
+
+    Raises:
+        FileNotFoundError: when neither place holds `recipes/meds/config` (the message says what to set).
+    """
+    candidates = [Path(os.environ[CHECKOUT_ENV])] if os.environ.get(CHECKOUT_ENV) else []
+    candidates.append(Path(__file__).resolve().parents[2])
+    for root in candidates:
+        if (root / "recipes" / "meds" / "config").is_dir() and (root / "data_prep").is_dir():
+            return root
+    raise FileNotFoundError(
+        f"the experiment needs a verl_meds repository checkout (recipes/meds/config and data_prep/); looked in "
+        f"{[str(c) for c in candidates]}. Clone the repository and set {CHECKOUT_ENV} to its path."
+    )
+
+
+def _tiny_cpu_assets(cache):
+    """`data_prep.assets.tiny_cpu_assets` of the checkout (`checkout_root`)."""
+    import importlib
+    import sys
+
+    root = str(checkout_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("data_prep.assets").tiny_cpu_assets(cache)
+
 
 OBSERVE_ONLY = ("meds.enable=true", "meds.shaping.penalty_target=none")
 """Overrides that capture and cluster MEDS features without changing any reward (measurement for baselines)."""
@@ -235,11 +267,10 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     from hydra.core.global_hydra import GlobalHydra
     from tqdm import tqdm
 
-    from data_prep.assets import tiny_cpu_assets
     from verl_meds.verl import cpu
     from verl_meds.verl.main import run
 
-    assets = dict(tiny_cpu_assets(cfg.cache))
+    assets = dict(_tiny_cpu_assets(cfg.cache))
     assets["train"] = training_subset(assets["train"], cfg.train_problems, Path(cfg.out) / "data")
     _write_json(Path(cfg.out) / "experiment.json", asdict(cfg))
     env = cpu.enable_cpu_mode()
@@ -264,7 +295,8 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict[str, Any]]:
         start = time.perf_counter()
         try:
             GlobalHydra.instance().clear()
-            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            config_dir = checkout_root() / "recipes" / "meds" / "config"
+            with initialize_config_dir(config_dir=str(config_dir), version_base=None):
                 config = compose("paper", overrides=["setup=tiny_cpu", f"method={recipe_of(method)}", *overrides])
             run(config)
             record["status"] = "ok"
@@ -852,11 +884,10 @@ PASSK_PLOT = "passk.png"
 def write_report(out: str | os.PathLike, cache: str | None = None) -> dict[str, Any]:
     """Measure every run under ``out`` and write ``results.json``, ``table.md`` and the plots there.
 
-    The questions of the prompt ids come from the synthetic training file of `data_prep.assets` (``cache``).
+    The questions of the prompt ids come from the synthetic training file of the checkout's `data_prep.assets`
+    (`cache`, see `checkout_root`).
     """
-    from data_prep.assets import tiny_cpu_assets
-
-    return report_from_runs(out, load_questions(tiny_cpu_assets(cache)["train"]))
+    return report_from_runs(out, load_questions(_tiny_cpu_assets(cache)["train"]))
 
 
 def report_from_runs(out: str | os.PathLike, questions: Mapping[str, str]) -> dict[str, Any]:
