@@ -1,16 +1,8 @@
 """Convert GSM8K-style and MATH-style JSONL (or a Hugging Face dataset) to verl parquet.
 
-Answer styles (`--style`):
-
-- `gsm8k`: the answer field is a worked solution; the gold answer is the text after the last `"#### "`, with
-  thousands commas removed (`"#### 1,200" -> "1200"`).
-- `math`: the answer field is the final answer as given (MATH-500, AIME, AMC, DeepScaleR MATH train). Numbers are
-  written as integers when integral (AMC's `27.0 -> "27"`); lists are joined with `", "`.
-- `boxed`: the gold answer is the content of the last `\\boxed{...}` in the answer field (Minerva's `solution`).
-
-`extra_info.index` is the 0-based line index in the input file (the row position for a hub dataset), so it stays
-stable under `--limit` and when records are skipped. Records whose answer is missing or empty are skipped with a
-warning (the DeepScaleR MATH train copy has four); a `gsm8k` solution without `"####"` is an error.
+Answer styles (`--style`: `gsm8k`, `math`, `boxed`), the `extra_info.index` convention and which records are
+skipped are those of the reader, `verl_meds.tasks.records` (documented there once); this script writes its rows as
+parquet.
 
 Run:
 
