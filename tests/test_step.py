@@ -134,7 +134,7 @@ _ANSWERS = ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}", "no answer"]
 def test_padding_rows_change_nothing_but_their_own_zero_penalty(data):
     """Rows flagged not real (a framework's synthetic padding, copies of real rows) are invisible to the memory."""
     from verl_meds.config import MEDSConfig
-    from verl_meds.step import MEDSStep
+    from verl_meds.step import MEDSStep, response_digests
 
     n_real = data.draw(st.integers(2, 10))
     picks = data.draw(st.lists(st.integers(0, 3), min_size=n_real, max_size=n_real))
@@ -158,8 +158,7 @@ def test_padding_rows_change_nothing_but_their_own_zero_penalty(data):
         out = step.penalties(
             [keys[i] for i in keep],
             [prompt_ids[i] for i in keep],
-            responses,
-            mask,
+            response_digests(responses, mask),
             location,
             raw,
             correct[keep],

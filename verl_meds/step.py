@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from verl_meds.answer import TokenizerLike, locate_answer_tokens
+from verl_meds.answer import TokenizerLike, locate_answer_token, locate_answer_tokens
 from verl_meds.config import MEDSConfig
 from verl_meds.features import finalize_features
 from verl_meds.groups import group_rows
@@ -51,6 +51,75 @@ class AnswerLocation:
     def found(self) -> torch.Tensor:
         """`torch.BoolTensor` of shape `(N,)`: the response has a final answer."""
         return self.index >= 0
+
+    @classmethod
+    def at(cls, index: torch.Tensor, token: torch.Tensor, prompt_lengths: torch.Tensor) -> AnswerLocation:
+        """The location of answers at `index` (`(N,)`, -1: none) with answer tokens `token` (`(N,)`) after prompts
+        of `prompt_lengths` (`(N,)`) tokens."""
+        index = index.to(torch.long)
+        found = index >= 0
+        pred_pos = torch.where(found, prompt_lengths.to(torch.long) + index - 1, torch.full_like(index, -1))
+        return cls(index=index, pred_pos=pred_pos, token=torch.where(found, token.to(torch.long), 0))
+
+
+ANSWER_RECORD_KEY = "meds_answer"
+"""Key of the answer record in a response's reward info (`answer_record`): reward workers that hold the response ids
+locate the answer there, so the trainer never reads the responses."""
+
+
+def answer_record(response_ids, tokenizer: TokenizerLike) -> str:
+    """One response's final-answer location and digest as a string: `"{index} {token} {digest hex}"`.
+
+    `index` is `verl_meds.answer.locate_answer_token` (-1: no answer), `token` the id at `index` (0 for none), the
+    digest `response_digest`. A string, so that verl's validation metrics skip it like the extracted answer.
+
+    Args:
+        response_ids (`torch.Tensor` of shape `(T,)`, `np.ndarray` or `list[int]`): the response tokens only.
+        tokenizer (`TokenizerLike`): the policy's tokenizer.
+
+    Returns:
+        `str`; `read_answer_records` parses it back.
+    """
+    ids = np.asarray(response_ids.detach().cpu() if isinstance(response_ids, torch.Tensor) else response_ids)
+    ids = ids.astype(np.int64).reshape(-1)  # (T,)
+    index = locate_answer_token(ids, tokenizer)
+    token = int(ids[index]) if index >= 0 else 0
+    return f"{index} {token} {response_digest(ids).hex()}"
+
+
+def read_answer_records(records: list, prompt_lengths: torch.Tensor) -> tuple[AnswerLocation, list[bytes]] | None:
+    """The `AnswerLocation` and response digests of N rows from their `answer_record` strings.
+
+    Args:
+        records (`list` of length N): each row's record; `None`, `""` or a non-string where a row has none.
+        prompt_lengths (`torch.LongTensor` of shape `(N,)`): prompt tokens before each response.
+
+    Returns:
+        `tuple[AnswerLocation, list[bytes]]`, or `None` when a row has no record (the caller locates the answers
+        itself).
+
+    Raises:
+        ValueError: for a string that is not a record (names the row and the text).
+    """
+    if not all(isinstance(record, str) and record for record in records):
+        return None
+    index, token, digests = [], [], []
+    for row, record in enumerate(records):
+        parts = record.split(" ")
+        try:
+            if len(parts) != 3 or len(parts[2]) != 40:
+                raise ValueError
+            index.append(int(parts[0]))
+            token.append(int(parts[1]))
+            digests.append(bytes.fromhex(parts[2]))
+        except ValueError:
+            raise ValueError(f"row {row}: {record!r} is not an answer record ('<index> <token> <sha1 hex>')") from None
+        if index[-1] < -1 or token[-1] < 0:
+            raise ValueError(f"row {row}: {record!r} has a negative index or token")
+    location = AnswerLocation.at(
+        torch.tensor(index, dtype=torch.long), torch.tensor(token, dtype=torch.long), prompt_lengths
+    )
+    return location, digests
 
 
 @dataclass
@@ -118,17 +187,14 @@ class MEDSStep:
             `AnswerLocation`.
         """
         index = locate_answer_tokens(responses, response_mask, tokenizer)  # (N,)
-        found = index >= 0
-        pred_pos = torch.where(found, prompt_lengths.to(torch.long) + index - 1, torch.full_like(index, -1))
-        token = torch.where(found, responses.gather(1, index.clamp(min=0).unsqueeze(1)).squeeze(1), 0)
-        return AnswerLocation(index=index, pred_pos=pred_pos, token=token.to(torch.long))
+        token = torch.where(index >= 0, responses.gather(1, index.clamp(min=0).unsqueeze(1)).squeeze(1), 0)
+        return AnswerLocation.at(index, token, prompt_lengths)
 
     def penalties(
         self,
         keys: list[str],
         prompt_ids: list[str],
-        responses: torch.Tensor,
-        response_mask: torch.Tensor,
+        response_digests: list[bytes] | None,
         location: AnswerLocation,
         raw_features: torch.Tensor | None,
         correct: np.ndarray,
@@ -141,8 +207,9 @@ class MEDSStep:
             keys (`list[str]` of length N): each row's rollout key, `"{group}_{rollout index}_{turn}"` (verl's
                 TransferQueue key); with `prompt_ids` it fixes the order the memory sees the rows in.
             prompt_ids (`list[str]` of length N): stable id of each row's prompt (`stable_prompt_ids`).
-            responses (`torch.Tensor` of shape `(N, T)`, int), response_mask (`torch.Tensor` of shape `(N, T)`):
-                as for `locate`.
+            response_digests (`list[bytes]` of length N, or `None`): each row's `response_digest`; with the
+                features it orders rows that share prompt id and rollout index (`content_tiebreak`); `None`: the
+                features alone do.
             location (`AnswerLocation`): the output of `locate` for these rows.
             raw_features (`torch.Tensor` of shape `(N, L_sel)`, float, or `None`): per-layer logit-lens values the
                 workers captured (NaN where none); `None` when nothing was captured (answer keys).
@@ -173,7 +240,9 @@ class MEDSStep:
             if answer_keys is None or len(answer_keys) != n:
                 raise ValueError("MEDSStep.penalties: an answer-keyed memory needs one answer key per row")
             valid = np.array([key is not None for key in answer_keys], dtype=bool)
-        tiebreak = content_tiebreak(responses, response_mask, features)
+        if response_digests is not None and len(response_digests) != n:
+            raise ValueError(f"MEDSStep.penalties: {n} keys but {len(response_digests)} response digests")
+        tiebreak = content_tiebreak(response_digests, features)
         order = canonical_order(prompt_ids, keys, tiebreak=tiebreak)
         order = order[real[order]]
         sorted_sizes, metrics = self.memory.step(
@@ -369,8 +438,8 @@ def canonical_order(prompt_ids: list[str], keys: list[str], tiebreak: list[bytes
         prompt_ids (`list[str]` of length N): stable prompt id of each row.
         keys (`list[str]` of length N): verl's TransferQueue keys, `"{uid}_{session_id}_{index}"`, where
             `session_id` is the rollout's index within its group.
-        tiebreak (`list[bytes]` of length N, *optional*): content of each row (the trainer passes the response
-            tokens and the feature bytes). Without it, tied rows keep the batch order.
+        tiebreak (`list[bytes]` of length N, *optional*): content of each row (the trainer passes
+            `content_tiebreak`: response digest, then feature bytes). Without it, tied rows keep the batch order.
 
     Returns:
         `np.ndarray` of shape `(N,)`, int64: row indices in canonical order.
@@ -388,16 +457,44 @@ def canonical_order(prompt_ids: list[str], keys: list[str], tiebreak: list[bytes
     )
 
 
-def content_tiebreak(responses: torch.Tensor, response_mask: torch.Tensor, features: np.ndarray) -> list[bytes]:
-    """Each row's content as bytes, the `tiebreak` of [`canonical_order`]: its response tokens, then its features.
+def response_digest(response_ids) -> bytes:
+    """SHA-1 of a response's token ids (int64, little-endian): 20 bytes, equal for equal responses.
+
+    Args:
+        response_ids (`torch.Tensor` of shape `(T,)`, `np.ndarray` or `list[int]`): the response tokens only (no
+            prompt, no padding).
+
+    Returns:
+        `bytes` of length 20.
+    """
+    if isinstance(response_ids, torch.Tensor):
+        response_ids = response_ids.detach().cpu().numpy()
+    return hashlib.sha1(np.asarray(response_ids, dtype="<i8").tobytes()).digest()
+
+
+def response_digests(responses: torch.Tensor, response_mask: torch.Tensor) -> list[bytes]:
+    """`response_digest` of each row of a padded batch, over the tokens where `response_mask` is 1.
 
     Args:
         responses (`torch.Tensor` of shape `(N, T)`, int): response token ids, padded.
         response_mask (`torch.Tensor` of shape `(N, T)`): 1 on response tokens.
+
+    Returns:
+        `list[bytes]` of length N.
+    """
+    rows = zip(responses.cpu(), response_mask.cpu(), strict=True)
+    return [response_digest(r[m.bool()]) for r, m in rows]
+
+
+def content_tiebreak(digests: list[bytes] | None, features: np.ndarray) -> list[bytes]:
+    """Each row's content as bytes, the `tiebreak` of [`canonical_order`]: its response digest, then its features.
+
+    Args:
+        digests (`list[bytes]` of length N, or `None`): `response_digest` of each row (`None`: features only).
         features (`np.ndarray` of shape `(N, F)`, float): the rows' features (NaN where missing).
 
     Returns:
         `list[bytes]` of length N.
     """
-    rows = zip(responses.cpu(), response_mask.cpu(), features, strict=True)
-    return [r[m.bool()].numpy().tobytes() + np.ascontiguousarray(f).tobytes() for r, m, f in rows]
+    heads = digests if digests is not None else [b""] * len(features)
+    return [bytes(d) + np.ascontiguousarray(f).tobytes() for d, f in zip(heads, features, strict=True)]

@@ -31,9 +31,7 @@ def _write_run(path, seed: int, steps: int, config: MEDSConfig) -> None:
         index = torch.where(found, 0, -1)
         location = AnswerLocation(index=index, pred_pos=index, token=torch.zeros(n, dtype=torch.long))
         correct = rng.random(n) < 0.3
-        out = step.penalties(
-            keys, prompt_ids, torch.zeros((n, 1), dtype=torch.long), torch.ones((n, 1)), location, raw, correct
-        )
+        out = step.penalties(keys, prompt_ids, None, location, raw, correct)
         dump.write_step(
             number,
             out.order,

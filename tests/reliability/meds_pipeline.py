@@ -14,7 +14,7 @@ import torch
 
 from verl_meds.config import MEDSConfig
 from verl_meds.memory import ErrorMemory
-from verl_meds.step import MEDSStep, shaped_token_scores
+from verl_meds.step import MEDSStep, response_digests, shaped_token_scores
 
 
 class CharTokenizer:
@@ -87,7 +87,7 @@ def driver_step(
     location = step.locate(responses, response_mask, prompt_lengths, tokenizer)
     raw = raw_values.to(torch.float32).clone()  # (N, L_sel)
     raw[~location.found] = float("nan")  # the worker leaves rows without an answer position at NaN
-    out = step.penalties(keys, prompt_ids, responses, response_mask, location, raw, correct)
+    out = step.penalties(keys, prompt_ids, response_digests(responses, response_mask), location, raw, correct)
     scores = outcome_scores(rewards, response_mask)
     row_rewards = torch.stack([s.sum() for s in scores]).float()  # (N,)
     shaped, shaping_metrics = step.shape(row_rewards, correct, out.penalties, group_ids)

@@ -27,6 +27,7 @@ from verl.trainer.ppo.v1 import PPOTrainerSync  # noqa: E402
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict  # noqa: E402
 
 from verl_meds.config import MEDSConfig  # noqa: E402
+from verl_meds.step import ANSWER_RECORD_KEY, answer_record  # noqa: E402
 from verl_meds.verl.hooks.grading import GradingMetricsHook  # noqa: E402
 from verl_meds.verl.hooks.meds import PREFETCH_FIELDS, MEDSHook  # noqa: E402
 from verl_meds.verl.step_data import tq_fields  # noqa: E402
@@ -65,8 +66,9 @@ def transfer_queue():
 _counter = itertools.count()
 
 
-def _write_batch(tokenizer, groups: list[list[tuple[str, bool]]], multiple: int):
-    """Rows as verl's agent loop writes them; groups[p] = [(response text, correct), ...] for prompt p."""
+def _write_batch(tokenizer, groups: list[list[tuple[str, bool]]], multiple: int, recorded: bool = True):
+    """Rows as verl's agent loop writes them; groups[p] = [(response text, correct), ...] for prompt p. With
+    `recorded`, the reward info carries the answer record of `verl_meds.verl.reward_manager`."""
     from transfer_queue.metadata import KVBatchMeta
 
     run = next(_counter)
@@ -92,6 +94,8 @@ def _write_batch(tokenizer, groups: list[list[tuple[str, bool]]], multiple: int)
                     "extra_fields": {"reward_extra_info": {"acc": float(correct), "pred": text[-2:]}},
                 }
             )
+            if recorded:
+                rows[-1]["extra_fields"]["reward_extra_info"][ANSWER_RECORD_KEY] = answer_record(response, tokenizer)
     tq.kv_batch_put(keys=keys, partition_id=PARTITION, fields=list_of_dict_to_tensordict(rows), tags=tags)
     batch = KVBatchMeta(keys=keys, tags=tags, partition_id=PARTITION)
     return upsample_batch_to_divisible_size(batch, multiple, tokenizer.eos_token_id)
@@ -154,6 +158,21 @@ class _Recorder:
 ANSWERS = ["\\boxed{3}", "\\boxed{4}", "\\boxed{5}", "no box here"]
 
 
+def _run_step(tokenizer, groups, multiple, recorded, monkeypatch, folder):
+    batch = _write_batch(tokenizer, groups, multiple, recorded)
+    raw = [
+        s.clone()
+        for s in tq.kv_batch_get(keys=batch.keys, partition_id=PARTITION, select_fields=["rm_scores"])[
+            "rm_scores"
+        ].unbind()
+    ]
+    trainer = _trainer(tokenizer, folder)
+    recorder = _Recorder(monkeypatch)
+    metrics: dict = {}
+    trainer._compute_advantage(trainer._compute_old_log_prob(batch, metrics), metrics)
+    return batch, raw, trainer, recorder, metrics
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_one_read_per_step_only_changed_rows_written_and_padding_left_out(
     tokenizer, transfer_queue, monkeypatch, tmp_path, seed
@@ -165,26 +184,24 @@ def test_one_read_per_step_only_changed_rows_written_and_padding_left_out(
         groups.append([(f"so {ANSWERS[int(rng.integers(0, 4))]}", bool(rng.random() < 0.25)) for _ in range(size)])
     num_real = sum(len(g) for g in groups)
     multiple = num_real + int(rng.integers(1, 4))  # verl adds 1-3 synthetic padding rows
-    batch = _write_batch(tokenizer, groups, multiple)
+    # The same rows located on the driver (no answer records in the reward info) give the same shaped scores.
+    _, _, _, driver, driver_metrics = _run_step(tokenizer, groups, multiple, False, monkeypatch, tmp_path / "d")
+    assert sorted(sorted(fields) for fields in driver.gets) == sorted(
+        [["extra_fields"], sorted(PREFETCH_FIELDS), ["response_mask", "responses"], [FEATURES_KEY]]
+    )
+    assert driver_metrics["meds/features/located_in_reward"] == 0.0
+    batch, raw, trainer, recorder, metrics = _run_step(tokenizer, groups, multiple, True, monkeypatch, tmp_path)
     real = np.array([not t.get("is_padding", False) for t in batch.tags])
     assert real.sum() == num_real and (~real).sum() >= 1
-    raw = [
-        s.clone()
-        for s in tq.kv_batch_get(keys=batch.keys, partition_id=PARTITION, select_fields=["rm_scores"])[
-            "rm_scores"
-        ].unbind()
-    ]
-
-    trainer = _trainer(tokenizer, tmp_path)
-    recorder = _Recorder(monkeypatch)
-    metrics: dict = {}
-    trainer._compute_advantage(trainer._compute_old_log_prob(batch, metrics), metrics)
 
     # Reads: each field once per step (three calls, one of them in the background during the log-prob pass);
-    # the prompts never (verl's tags carry their lengths).
+    # neither the prompts (verl's tags carry their lengths) nor the responses (the reward workers located the
+    # answers).
     assert sorted(sorted(fields) for fields in recorder.gets) == sorted(
-        [sorted(PREFETCH_FIELDS), ["response_mask", "responses"], [FEATURES_KEY]]
+        [["extra_fields"], sorted(PREFETCH_FIELDS), [FEATURES_KEY]]
     )
+    assert metrics["meds/features/located_in_reward"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(recorder.trained_scores, driver.trained_scores, strict=True))
     # The memory holds exactly the real wrong rows that have an answer (the padding copies of a real row do not).
     texts = [text for group in groups for text, _ in group]
     flags = [correct for group in groups for _, correct in group]

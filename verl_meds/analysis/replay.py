@@ -91,8 +91,7 @@ def replay_dump(records: list[dict], config: MEDSConfig) -> ReplayResult:
         out = step.penalties(
             keys,
             [str(r["prompt_id"]) for r in batch],
-            torch.zeros((n, 1), dtype=torch.long),
-            torch.ones((n, 1), dtype=torch.long),
+            None,
             location,
             raw,
             np.array([bool(r["correct"]) for r in batch]),

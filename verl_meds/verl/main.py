@@ -94,6 +94,40 @@ def check_supported_settings(config: DictConfig) -> None:
         raise ValueError("verl_meds cannot serve these settings:\n- " + "\n- ".join(problems))
 
 
+def locate_in_reward_workers(config: DictConfig) -> bool:
+    """With MEDS on, swap verl's `naive` / `dapo` reward manager for the same manager that also records each
+    response's answer location (`verl_meds.verl.reward_manager`), so the trainer never scans the responses.
+
+    Returns:
+        `bool`: whether the reward workers record the answers (False: MEDS off, or another reward manager; the MEDS
+        hook then locates them on the driver, which is logged).
+    """
+    from verl_meds.verl.reward_manager import WRAPPED
+
+    manager = config.reward.reward_manager
+    if not config.get("meds", {}).get("enable", False):
+        return False
+    if manager.get("source", "register") != "register":
+        logger.warning("verl_meds: reward manager from %s; MEDS locates the answers on the driver", manager.source)
+        return False
+    if manager.name in WRAPPED.values():
+        return True
+    if manager.name not in WRAPPED:
+        logger.warning(
+            "verl_meds: reward manager '%s' does not record answer locations (only %s do); MEDS locates the answers "
+            "on the driver",
+            manager.name,
+            ", ".join(WRAPPED),
+        )
+        return False
+    logger.info(
+        "verl_meds: reward manager '%s' -> '%s' (records answer locations)", manager.name, WRAPPED[manager.name]
+    )
+    with open_dict(config):
+        manager.name = WRAPPED[manager.name]
+    return True
+
+
 def prepare(config: DictConfig) -> DictConfig:
     """Set up the process for `config` and validate it (no Ray start). Returns the same, completed config.
 
@@ -129,6 +163,7 @@ def prepare(config: DictConfig) -> DictConfig:
 
     exploration_config_from_trainer_config(config)  # the same for the `exploration` block
     check_supported_settings(config)
+    locate_in_reward_workers(config)
     model_path = os.path.expanduser(str(config.actor_rollout_ref.model.path))
     if meds.enable and os.path.isdir(model_path):
         # Layer numbers that the model does not have fail here, before Ray starts (hub ids are checked at start-up).

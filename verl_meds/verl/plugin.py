@@ -5,6 +5,8 @@ What is registered, and where it lives in verl (no verl source is patched):
 - trainer mode `meds` (`verl.trainer.ppo.v1.register_trainer`): `verl_meds.verl.trainer.MEDSTrainer`.
 - advantage estimator `meds` (`verl.trainer.ppo.core_algos.register_adv_est`): GRPO normalisation of the
   shaped rewards (`verl_meds.verl.advantage.compute_meds_outcome_advantage`).
+- reward managers `meds_naive` and `meds_dapo` (`verl.experimental.reward_loop.reward_manager.register`): verl's
+  `naive` and `dapo` plus the answer record MEDS reads (`verl_meds.verl.reward_manager`).
 - CPU mode only (`VERL_MEDS_CPU=1`): platform `cpu` (`PlatformRegistry`) and rollout `hf`
   (`RolloutReplicaRegistry` plus verl's `(name, "async")` adapter table).
 """
@@ -45,7 +47,7 @@ def register() -> None:
     if cpu.cpu_mode_requested():
         cpu.install()
         _register_rollout()
-    from verl_meds.verl import advantage, trainer  # noqa: F401  (their decorators register on first import)
+    from verl_meds.verl import advantage, reward_manager, trainer  # noqa: F401  (decorators register on import)
 
     check()
 
@@ -73,6 +75,16 @@ def check() -> None:
             problems.append(f"advantage estimator '{ADV_ESTIMATOR}' resolves to another function")
     except Exception as exc:
         problems.append(f"advantage estimator '{ADV_ESTIMATOR}' is not registered ({exc})")
+    from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
+
+    from verl_meds.verl import reward_manager
+
+    for name in reward_manager.WRAPPED.values():
+        try:
+            if not issubclass(get_reward_manager_cls(name), reward_manager.AnswerRecordMixin):
+                problems.append(f"reward manager '{name}' resolves to another class")
+        except ValueError as exc:
+            problems.append(f"reward manager '{name}' is not registered ({exc})")
     if cpu.cpu_mode_requested():
         from verl.plugin.platform.platform_manager import PlatformRegistry
         from verl.workers.rollout.base import _ROLLOUT_REGISTRY

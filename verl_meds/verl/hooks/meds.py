@@ -2,9 +2,11 @@
 
 Per step (verl's stage order), on top of `verl_meds.step.MEDSStep`:
 
-1. `before_log_prob`: read the responses (their prompt lengths come from verl's tags), locate each final answer,
-   write the predicting position and answer token next to the rows and ask the actor workers to capture there
-   (`verl_meds.verl.worker`); the reward info and token-level scores are read in the background meanwhile.
+1. `before_log_prob`: read the reward info, which holds each response's answer location when verl's reward workers
+   recorded it (`verl_meds.verl.reward_manager`; otherwise read the responses and locate the answers here), write
+   the predicting position (prompt lengths come from verl's tags) and answer token next to the rows and ask the
+   actor workers to capture there (`verl_meds.verl.worker`); the prompt info and token-level scores are read in the
+   background meanwhile.
 2. `after_log_prob`: read the captured features back (or take the answer keys, `clustering.method=answer`), update
    the memory and compute each row's penalty; append the step to the analysis dump when `meds_dump` is on.
 3. `before_advantage`: shape the rewards, write the token-level scores of the rows whose reward changed, and with
@@ -24,16 +26,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from verl_meds.config import MEDSConfig
 from verl_meds.step import (
+    ANSWER_RECORD_KEY,
     MEDSStep,
     changed_rows,
     groups_with_signal,
+    read_answer_records,
+    response_digests,
     rollout_index,
     shaped_token_scores,
     stable_prompt_ids,
 )
 from verl_meds.verl.checkpoint import FORMAT, MEMORY_FILENAME
 from verl_meds.verl.dump import AnalysisDump, DumpConfig
-from verl_meds.verl.explore import batch_answer_keys
+from verl_meds.verl.explore import batch_answer_keys, keys_from_reward_info
 from verl_meds.verl.hooks import CheckpointSpec, TrainerHook
 from verl_meds.verl.hooks.grading import accuracy
 from verl_meds.verl.step_data import StepData
@@ -42,8 +47,9 @@ from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY
 RESTORE_RECORD = "meds_memory_restored.json"
 """Written into `trainer.default_local_dir` on resume: which memory file was restored, and its SHA-256."""
 
-PREFETCH_FIELDS = ("extra_info", "extra_fields", "rm_scores", "uid")
-"""Read in the background while the workers run the log-prob pass (verl wrote them before it)."""
+PREFETCH_FIELDS = ("extra_info", "rm_scores", "uid")
+"""Read in the background while the workers run the log-prob pass (verl wrote them before it); `extra_fields`
+(reward info with the answer records) is read before, since the workers need the answer positions."""
 
 
 def meds_config_from_trainer_config(config: DictConfig) -> MEDSConfig:
@@ -129,16 +135,21 @@ class MEDSHook(TrainerHook):
     def before_log_prob(self, step: StepData) -> None:
         lap = time.perf_counter()
         self._pending = None
+        extra_fields = step.list_of("extra_fields")
         step.prefetch(*PREFETCH_FIELDS)
-        pad = self.tokenizer.pad_token_id or 0
-        data = step.get("responses", "response_mask")
-        responses = data["responses"].to_padded_tensor(padding=pad)  # (N, T)
-        response_mask = data["response_mask"].to_padded_tensor(padding=0)  # (N, T)
         prompt_lengths = step.prompt_lengths()
         if prompt_lengths is None:
             prompt_lengths = torch.tensor([p.numel() for p in step.list_of("prompts")], dtype=torch.long)
-        location = self.step.locate(responses, response_mask, prompt_lengths, self.tokenizer)
-        step.shared["meds"] = {"responses": responses, "response_mask": response_mask, "location": location}
+        records = [_reward_info(f).get(ANSWER_RECORD_KEY) for f in extra_fields]
+        located = read_answer_records(records, prompt_lengths)
+        if located is None:  # another reward manager, or multi-turn rows: locate here
+            responses, response_mask = self._responses(step)
+            location = self.step.locate(responses, response_mask, prompt_lengths, self.tokenizer)
+            digests = response_digests(responses, response_mask)
+        else:
+            location, digests = located
+        step.metrics["meds/features/located_in_reward"] = float(located is not None)
+        step.shared.setdefault("meds", {}).update(location=location, digests=digests)
         if self.captures_features:
             step.put({PRED_POS_KEY: location.pred_pos, ANSWER_TOKEN_KEY: location.token})
             step.batch.extra_info.update(
@@ -150,6 +161,15 @@ class MEDSHook(TrainerHook):
             )
         step.lap("prepare", lap)
 
+    def _responses(self, step: StepData) -> tuple[torch.Tensor, torch.Tensor]:
+        """The responses `(N, T)` and response mask `(N, T)`, padded, read once per step (only when needed)."""
+        shared = step.shared.setdefault("meds", {})
+        if "responses" not in shared:
+            data = step.get("responses", "response_mask")
+            shared["responses"] = data["responses"].to_padded_tensor(padding=self.tokenizer.pad_token_id or 0)
+            shared["response_mask"] = data["response_mask"].to_padded_tensor(padding=0)
+        return shared["responses"], shared["response_mask"]
+
     def after_log_prob(self, step: StepData) -> None:
         lap = time.perf_counter()
         shared = step.shared["meds"]
@@ -159,9 +179,10 @@ class MEDSHook(TrainerHook):
         extra_fields = step.list_of("extra_fields")
         answer_keys = None
         if self.step.keyed_by_answer:
-            answer_keys, key_metrics = batch_answer_keys(
-                self.tokenizer, shared["responses"], shared["response_mask"], extra_fields
-            )
+            found = keys_from_reward_info(extra_fields)
+            if found is None:
+                found = batch_answer_keys(self.tokenizer, *self._responses(step), extra_fields)
+            answer_keys, key_metrics = found
             step.metrics.update(key_metrics)
         lap = step.lap("features", lap)
         prompt_key = self.step.config.memory.prompt_key
@@ -175,8 +196,7 @@ class MEDSHook(TrainerHook):
         out = self.step.penalties(
             step.keys,
             prompt_ids,
-            shared["responses"],
-            shared["response_mask"],
+            shared["digests"],
             shared["location"],
             raw,
             correct,
@@ -190,10 +210,10 @@ class MEDSHook(TrainerHook):
         step.metrics.update(out.metrics)
 
     def _write_dump(self, step: StepData, shared: dict, prompt_ids, correct, extra_fields, out) -> None:
-        infos = [f.get("reward_extra_info", {}) if isinstance(f, dict) else {} for f in extra_fields]
+        infos = [_reward_info(f) for f in extra_fields]
         texts = None
         if self.dump_config.responses:
-            rows = zip(shared["responses"], shared["response_mask"], strict=True)
+            rows = zip(*self._responses(step), strict=True)
             texts = [self.tokenizer.decode(r[m.bool()]) for r, m in rows]
         indices = [rollout_index(k)[0] for k in step.keys]
         self.dump.write_step(
@@ -229,6 +249,12 @@ class MEDSHook(TrainerHook):
         if self.filter_on_shaped:
             drop_flat_groups(step, shaped, uids)
         step.lap("shaping", lap)
+
+
+def _reward_info(extra_fields) -> dict:
+    """The reward info verl's agent loop stored in a row's `extra_fields` (`{}` when there is none)."""
+    info = extra_fields.get("reward_extra_info") if isinstance(extra_fields, dict) else None
+    return info if isinstance(info, dict) else {}
 
 
 def drop_flat_groups(step: StepData, shaped: torch.Tensor, uids: list) -> None:
