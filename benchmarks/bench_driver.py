@@ -5,14 +5,15 @@ What the trainer runs on the driver each step, timed here outside verl on the sa
 1. **answer location** (`verl_meds.answer.locate_answer_tokens`, `meds_prepare`): `verl_meds.answer` vs the same
    function at commit `ea8f0ad` (without the suffix-window search), loaded from git side by side; that version is
    timed on a subset (`--compare`, it takes seconds per hundred responses) and reported per response and
-   extrapolated per step;
+   extrapolated per step. Then what the recipes run: `verl_meds.step.answer_record` per response (done in verl's
+   reward workers, `verl_meds.verl.reward_manager`, off the driver) and `read_answer_records` on the driver;
 2. **answer keys** (for `meds_answer` / `explore_*`): `ea8f0ad`'s `answer_key` (math-verify and sympy in the
    driver thread) vs `verl_meds.grading.answer_keys` in the driver (integer, decimal and fraction answers
    keyed in the driver, the rest in the grading workers), each from a cold cache and after decoding every response,
    vs the recipes' setting, where the reward workers key each answer as they grade it and the driver only reads the
    keys (`verl_meds.verl.explore.batch_answer_keys`);
-3. **memory and shaping** (`ErrorMemory.step` + `shape_rewards` + `grpo_advantages`) on random features with F = 14,
-   60 % wrong, after `--warm-epochs` epochs of history.
+3. **memory and shaping** (`MEDSStep.penalties` + `MEDSStep.shape` + `grpo_advantages`) on random features with
+   F = 14, 60 % wrong, after `--warm-epochs` epochs of history.
 
 The TransferQueue reads and writes of `meds_prepare` / `meds_features` / `meds_shaping` are not included (they
 need a running verl); `bench_step.py` times them inside real runs.
@@ -151,8 +152,8 @@ def main() -> None:
     from verl_meds import grading
     from verl_meds.answer import extract_boxed, locate_answer_tokens
     from verl_meds.config import MEDSConfig
-    from verl_meds.memory import ErrorMemory
-    from verl_meds.shaping import grpo_advantages, penalty_from_cluster_sizes, shape_rewards
+    from verl_meds.shaping import grpo_advantages
+    from verl_meds.step import MEDSStep, answer_record, read_answer_records
 
     rng = random.Random(0)
     tok, seconds = timed(tokenizer, Path(args.cache))
@@ -176,6 +177,18 @@ def main() -> None:
     print(f"   today:   {1e3 * new_sub_s / m:7.3f} ms/response; whole step {new_all_s:.2f} s ({n} responses)")
     print(f"   today, first step of a run (token flags not yet known): {cold_s:.2f} s")
     print(f"   ratio old/new per response: {old_sub_s / new_sub_s:.1f}x")
+    prompt_lengths = torch.full((n,), 512, dtype=torch.long)
+    records, record_s = timed(lambda rows: [answer_record(row, tok) for row in rows], ids)
+    (location, digests), read_records_s = timed(read_answer_records, records, prompt_lengths)
+    same_records = bool(torch.equal(location.index, new_all))
+    print(
+        f"   in verl's reward workers (meds_dapo / meds_naive; answer_record = locate + digest): "
+        f"{1e3 * record_s / n:7.3f} ms/response, off the driver"
+    )
+    print(
+        f"   driver, records read back (read_answer_records): {read_records_s:.3f} s/step; same answer tokens as "
+        f"the driver's locate: {same_records}; ratio driver locate / records read: {new_all_s / read_records_s:.0f}x"
+    )
 
     texts, decode_s = timed(lambda rows: [tok.decode(row.tolist()) for row in rows], ids)
     boxed = [extract_boxed(text) for text in texts]
@@ -204,27 +217,28 @@ def main() -> None:
     print(f"   today, keys from the reward workers (answer-keyed recipes): {read_s:.3f} s/step in the driver")
 
     config = MEDSConfig()
-    memory = ErrorMemory(config)
+    step = MEDSStep(config, num_layers=28)
     prompt_ids = [f"p{i // args.rollouts}" for i in range(n)]
+    keys = [f"u{i // args.rollouts}_{i % args.rollouts}_0" for i in range(n)]
     group_ids = [i // args.rollouts for i in range(n)]
     nrng = np.random.default_rng(0)
     for _ in range(args.warm_epochs):
         wrong = nrng.random(n) < 0.6
-        memory.step(prompt_ids, nrng.normal(size=(n, 14)).astype(np.float32), np.ones(n, bool), ~wrong)
+        step.memory.step(prompt_ids, nrng.normal(size=(n, 14)).astype(np.float32), np.ones(n, bool), ~wrong)
     wrong = nrng.random(n) < 0.6
-    features = nrng.normal(size=(n, 14)).astype(np.float32)
+    raw = torch.from_numpy(nrng.normal(size=(n, 14)).astype(np.float32))  # (N, L_sel)
+    rewards = torch.where(torch.from_numpy(~wrong), 1.0, 0.0)
 
     def memory_and_shaping():
-        sizes, _ = memory.step(prompt_ids, features, np.ones(n, bool), ~wrong)
-        penalties = penalty_from_cluster_sizes(torch.as_tensor(sizes), 0.1, 0.2)
-        rewards = torch.where(torch.from_numpy(~wrong), 1.0, 0.0)
-        shaped, _ = shape_rewards(rewards, torch.from_numpy(~wrong), penalties, "wrong")
+        out = step.penalties(keys, prompt_ids, digests, location, raw, ~wrong)
+        shaped, _ = step.shape(rewards, ~wrong, out.penalties, group_ids)
         return grpo_advantages(shaped, group_ids)
 
     _, rest_s = timed(memory_and_shaping)
-    print(f"\n3. memory + shaping at epoch {args.warm_epochs + 1}: {rest_s:.2f} s/step")
+    print(f"\n3. memory + shaping (MEDSStep.penalties + shape) at epoch {args.warm_epochs + 1}: {rest_s:.2f} s/step")
     print(
-        f"\nper step, answer location + memory + shaping: {new_all_s + rest_s:.2f} s "
+        f"\nper step on the driver: answers located on the driver + memory + shaping: {new_all_s + rest_s:.2f} s; "
+        f"with the reward workers' records: {read_records_s + rest_s:.2f} s "
         f"(+ {read_s:.3f} s of answer keys read from the reward info for the answer-keyed methods)"
     )
     sys.stdout.flush()

@@ -4,18 +4,20 @@
 same calls (same fields, same layouts, nested jagged tensors as verl's agent loop writes them) on a local Ray + TQ,
 outside verl, with 8,192 rows:
 
-- `meds_prepare` I/O: read prompts, responses, response mask, extra info and extra fields; pad responses and mask to
-  `(N, T)`; write the answer positions and tokens;
+- `meds_prepare` I/O: read what locates the answers (per-stage: prompts, responses, response mask, extra info and
+  extra fields, responses and mask padded to `(N, T)`); write the answer positions and tokens;
 - `meds_features` I/O: read the features (`(N, F)`, F = 14) the workers wrote, pad;
 - `meds_shaping` I/O: read the token-level scores and uids, write the shaped scores back;
 - the grading metrics: read the extra fields.
 
-It times two layouts of that I/O side by side: `per-stage` (each stage reads what it needs: prompts included, extra
-fields twice, the scores read and written back for every row) and `shared` (what the MEDS hook does: responses and
-mask read before the log-prob call, prompt lengths from verl's tags, `PREFETCH_FIELDS` read once, the extra fields
-and scores reused, only the rows whose reward changed written back; `--changed-frac` of the rows, default 0.5). The
-`PREFETCH_FIELDS` read runs in a background thread during the workers' log-prob pass; it is timed on its own here
-(`prefetch read`), and `critical path` leaves it out.
+It times three layouts of that I/O side by side: `per-stage` (each stage reads what it needs: prompts included,
+extra fields twice, the scores read and written back for every row), `shared` (responses and mask read before the
+log-prob call, prompt lengths from verl's tags, extra info, extra fields, scores and uids read once in the
+background and reused, only the rows whose reward changed written back; `--changed-frac` of the rows, default 0.5)
+and `recorded` (what the MEDS hook does with the recipes' reward managers: the extra fields, which hold the answer
+records of verl's reward workers, read before the log-prob call and parsed with `read_answer_records`, no responses
+read; `PREFETCH_FIELDS` in the background; the rest as `shared`). The background read runs during the workers'
+log-prob pass; it is timed on its own here (`prefetch read`), and `critical path` leaves it out.
 
 Run: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_tq.py [--rows 8192] [--tokens 3072] [--repeats 3]`
 """
@@ -42,6 +44,7 @@ def main() -> None:
     import transfer_queue as tq
     from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
+    from verl_meds.step import ANSWER_RECORD_KEY, read_answer_records
     from verl_meds.verl.hooks.meds import PREFETCH_FIELDS
     from verl_meds.verl.step_data import tq_fields
     from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY
@@ -67,7 +70,14 @@ def main() -> None:
                     "rm_scores": scores,
                     "uid": f"uid{i // 16}",
                     "extra_info": {"index": i // 16},
-                    "extra_fields": {"reward_extra_info": {"acc": float(scores[-1]), "pred": "4", "answer_key": ""}},
+                    "extra_fields": {
+                        "reward_extra_info": {
+                            "acc": float(scores[-1]),
+                            "pred": "4",
+                            "answer_key": "",
+                            ANSWER_RECORD_KEY: f"{length - 4} {int(rng.integers(0, 150_000))} {i:040x}",
+                        }
+                    },
                 }
             )
         tq.kv_batch_put(keys=keys[first : first + 512], partition_id="train", fields=list_of_dict_to_tensordict(rows))
@@ -117,8 +127,27 @@ def main() -> None:
         )
 
     def prefetch_now():
-        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=list(PREFETCH_FIELDS))
+        fields = ["extra_info", "extra_fields", "rm_scores", "uid"]
+        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=fields)
         list(data["extra_fields"])
+        list(data["extra_info"])
+        list(data["uid"])
+        prepare_now.scores = list(data["rm_scores"].unbind())
+
+    prompt_lengths = torch.full((n,), args.prompt_tokens, dtype=torch.long)
+
+    def prepare_recorded():
+        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["extra_fields"])
+        records = [f["reward_extra_info"][ANSWER_RECORD_KEY] for f in data["extra_fields"]]
+        location, _ = read_answer_records(records, prompt_lengths)
+        tq.kv_batch_put(
+            keys=keys,
+            partition_id="train",
+            fields=tq_fields({PRED_POS_KEY: location.pred_pos, ANSWER_TOKEN_KEY: location.token}, n),
+        )
+
+    def prefetch_recorded():
+        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=list(PREFETCH_FIELDS))
         list(data["extra_info"])
         list(data["uid"])
         prepare_now.scores = list(data["rm_scores"].unbind())
@@ -143,28 +172,39 @@ def main() -> None:
             "grading metrics read": lambda: None,
             "prefetch read": prefetch_now,
         },
+        "recorded": {
+            "meds_prepare I/O": prepare_recorded,
+            "meds_features I/O": read_features,
+            "meds_shaping I/O": shaping_now,
+            "grading metrics read": lambda: None,
+            "prefetch read": prefetch_recorded,
+        },
     }
     times = {(layout, name): [] for layout, parts in layouts.items() for name in parts}
     for _ in range(args.repeats):
         for layout, parts in layouts.items():
-            if layout == "shared":
-                prefetch_now()  # the scores the shaping writes back come from this read
+            if layout != "per-stage":
+                parts["prefetch read"]()  # the scores the shaping writes back come from this read
             for name, fn in parts.items():
                 start = time.perf_counter()
                 fn()
                 times[layout, name].append(time.perf_counter() - start)
     median = {key: statistics.median(values) for key, values in times.items()}
-    print(f"{'per step, median of ' + str(args.repeats):<28} {'per-stage':>9} {'shared':>8} {'ratio':>7}")
-    for name in layouts["shared"]:
+    print(
+        f"{'per step, median of ' + str(args.repeats):<28} {'per-stage':>9} {'shared':>8} {'recorded':>8} {'ratio':>7}"
+    )
+    for name in layouts["recorded"]:
         before = median.get(("per-stage", name), 0.0)
-        now = median["shared", name]
+        shared = median["shared", name]
+        now = median["recorded", name]
         ratio = f"{before / now:6.1f}x" if now > 1e-4 and before > 0 else "   n/a"
-        print(f"{name:<28} {before:9.2f} {now:8.2f} {ratio}")
-    before = sum(median["per-stage", name] for name in layouts["per-stage"])
-    everything = sum(median["shared", name] for name in layouts["shared"])
-    critical = everything - median["shared", "prefetch read"]
-    print(f"{'all TransferQueue I/O':<28} {before:9.2f} {everything:8.2f} {before / everything:6.1f}x")
-    print(f"{'critical path (no prefetch)':<28} {before:9.2f} {critical:8.2f} {before / critical:6.1f}x")
+        print(f"{name:<28} {before:9.2f} {shared:8.2f} {now:8.2f} {ratio}")
+    totals = {layout: sum(median[layout, name] for name in parts) for layout, parts in layouts.items()}
+    critical = {layout: totals[layout] - median.get((layout, "prefetch read"), 0.0) for layout in layouts}
+    for label, values in (("all TransferQueue I/O", totals), ("critical path (no prefetch)", critical)):
+        before, shared, now = values["per-stage"], values["shared"], values["recorded"]
+        print(f"{label:<28} {before:9.2f} {shared:8.2f} {now:8.2f} {before / now:6.1f}x")
+    print(f"ratio shared / recorded on the critical path: {critical['shared'] / critical['recorded']:.1f}x")
     tq.close()
     ray.shutdown()
 

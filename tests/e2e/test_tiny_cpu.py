@@ -72,6 +72,7 @@ def test_meds_trains_penalises_checkpoints_and_resumes_exactly(ray_cluster, asse
         ):
             assert name in keys, f"{name} not logged at step {step}"
         assert 0.0 <= keys["meds/groups/flat_frac"] <= 1.0 and keys["meds/groups/singleton_frac"] == 0.0
+        assert keys["meds/features/located_in_reward"] == 1.0, "verl's reward workers did not record the answers"
     assert steps[1]["meds/features/missing_frac"] < 1.0, "no feature was captured"
     # Step 2 sees the answers of step 1 for the same prompt: repeated answers are penalised.
     assert max(steps[s]["meds/penalty/max"] for s in (1, 2)) > 0.0
@@ -195,6 +196,7 @@ def test_meds_variants_train(ray_cluster, assets, tmp_path, method):
     for step in (1, 2):
         for name in ("meds/penalty/mean", "meds/frac_penalized", "meds/memory/num_entries", "meds/cluster_size/max"):
             assert name in steps[step], f"{name} missing at step {step}"
+        assert steps[step]["meds/features/located_in_reward"] == 1.0, f"answers located on the driver ({method})"
     state = read_memory_state(str(out / "checkpoints" / "global_step_2" / "meds_memory.pkl"))
     widths = {b["features"].shape[1] for b in state["buffers"] if len(b["features"])}
     assert widths == {VARIANT_FEATURES[method]}, f"feature width {widths} for {method}"

@@ -45,6 +45,12 @@ facts["estimator_is_meds"] = core_algos.get_adv_estimator_fn("meds") is compute_
 facts["cpu_platform_registered"] = PlatformRegistry.get("cpu") is not None
 facts["hf_adapter_registered"] = ("hf", "async") in _ROLLOUT_REGISTRY
 facts["hf_replica_registered"] = "hf" in RolloutReplicaRegistry._registry
+from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
+from verl_meds.verl.reward_manager import MEDSDAPORewardManager, MEDSNaiveRewardManager
+facts["reward_managers_are_meds"] = (
+    get_reward_manager_cls("meds_dapo") is MEDSDAPORewardManager
+    and get_reward_manager_cls("meds_naive") is MEDSNaiveRewardManager
+)
 facts["init_process_group_wrapped"] = getattr(dist.init_process_group, "_verl_meds_dedupe", False)
 if facts["hf_adapter_registered"]:
     from verl_meds.verl.cpu.hf_rollout import HFRolloutReplica, HFServerAdapter
@@ -67,6 +73,13 @@ try:
 except RuntimeError as exc:
     facts["foreign_estimator_error"] = str(exc)
 core_algos.ADV_ESTIMATOR_REGISTRY["meds"] = compute_meds_outcome_advantage
+from verl.experimental.reward_loop.reward_manager import registry as reward_registry
+reward_registry.REWARD_MANAGER["meds_dapo"] = reward_registry.REWARD_MANAGER["dapo"]
+try:
+    plugin.check()
+except RuntimeError as exc:
+    facts["foreign_reward_manager_error"] = str(exc)
+reward_registry.REWARD_MANAGER["meds_dapo"] = MEDSDAPORewardManager
 print(json.dumps(facts))
 """
 
@@ -97,10 +110,11 @@ def facts() -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("mode", ["cpu", "gpu"])
-def test_entry_point_registers_trainer_and_estimator(facts, mode):
+def test_entry_point_registers_trainer_estimator_and_reward_managers(facts, mode):
     assert facts[mode]["autoload_imported"] is True
     assert facts[mode]["trainer_is_meds"] is True
     assert facts[mode]["estimator_is_meds"] is True
+    assert facts[mode]["reward_managers_are_meds"] is True
 
 
 def test_cpu_mode_registers_platform_and_rollout(facts):
@@ -124,3 +138,4 @@ def test_gpu_users_get_no_cpu_platform(facts):
 def test_check_names_the_broken_registration(facts, mode):
     assert "trainer mode 'meds' is not registered" in facts[mode]["missing_trainer_error"]
     assert "advantage estimator 'meds' resolves to another function" in facts[mode]["foreign_estimator_error"]
+    assert "reward manager 'meds_dapo' resolves to another class" in facts[mode]["foreign_reward_manager_error"]

@@ -1,0 +1,130 @@
+"""Tests for `verl_meds.verl.reward_manager` (verl's `naive` / `dapo` reward managers plus the answer record) and
+its selection in `verl_meds.verl.main.locate_in_reward_workers`.
+
+The managers run on `DataProto` items built the way verl's agent loop builds them for its reward workers
+(`AgentLoopWorker._compute_score`: prompts, responses, all-ones attention mask, `__num_turns__`).
+"""
+
+import asyncio
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("verl")
+
+import transformers  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
+from verl import DataProto  # noqa: E402
+from verl.experimental.reward_loop.reward_manager.dapo import DAPORewardManager  # noqa: E402
+from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager  # noqa: E402
+
+from verl_meds.step import ANSWER_RECORD_KEY, answer_record  # noqa: E402
+from verl_meds.verl.main import locate_in_reward_workers  # noqa: E402
+from verl_meds.verl.reward import compute_score  # noqa: E402
+from verl_meds.verl.reward_manager import MEDSDAPORewardManager, MEDSNaiveRewardManager  # noqa: E402
+
+pytestmark = pytest.mark.requires_verl
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    out = transformers.PreTrainedTokenizerFast(tokenizer_object=tok)
+    out.pad_token = out.eos_token = "!"
+    return out
+
+
+def _item(tokenizer, prompt: str, response: str, num_turns: int = 2) -> DataProto:
+    prompt_ids = torch.tensor(tokenizer.encode(prompt), dtype=torch.long)
+    response_ids = torch.tensor(tokenizer.encode(response), dtype=torch.long)
+    input_ids = torch.cat([prompt_ids, response_ids])
+    batch = {
+        "prompts": prompt_ids[None],
+        "responses": response_ids[None],
+        "attention_mask": torch.ones_like(input_ids)[None],
+        "input_ids": input_ids[None],
+        "position_ids": torch.arange(input_ids.numel())[None],
+    }
+    non_tensor = {
+        "data_source": np.array(["test"], dtype=object),
+        "reward_model": np.array([{"ground_truth": "42"}], dtype=object),
+        "extra_info": np.array([{"index": 0}], dtype=object),
+        "__num_turns__": np.array([num_turns]),
+    }
+    return DataProto.from_dict(tensors=batch, non_tensors=non_tensor)
+
+
+def _config(overlong: bool):
+    return OmegaConf.create(
+        {
+            "reward": {
+                "reward_kwargs": {
+                    "overlong_buffer_cfg": {"enable": overlong, "len": 8, "penalty_factor": 1.0, "log": False},
+                    "max_resp_len": 24,
+                }
+            }
+        }
+    )
+
+
+def _run(cls, config, tokenizer, item) -> dict:
+    async def go():
+        return await cls(config, tokenizer, compute_score).run_single(item)
+
+    return asyncio.run(go())
+
+
+RESPONSES = [
+    "so \\boxed{42}",
+    "so the answer is \\boxed{41}, a long answer that runs past the overlong buffer",
+    "first \\boxed{1} then \\fbox {42}.",
+    "no box at all",
+    "",
+    "\\boxed{}",
+]
+
+
+@pytest.mark.parametrize("response", RESPONSES)
+@pytest.mark.parametrize(
+    ("ours", "verls"), [(MEDSDAPORewardManager, DAPORewardManager), (MEDSNaiveRewardManager, NaiveRewardManager)]
+)
+def test_same_reward_as_verl_plus_the_record(tokenizer, response, ours, verls):
+    config = _config(overlong=verls is DAPORewardManager)
+    item = _item(tokenizer, "Question: what is 6 x 7? ", response)
+    mine, theirs = _run(ours, config, tokenizer, item), _run(verls, config, tokenizer, item)
+    record = mine["reward_extra_info"].pop(ANSWER_RECORD_KEY)
+    assert mine == theirs
+    assert record == answer_record(tokenizer.encode(response), tokenizer)
+
+
+def test_multi_turn_rows_get_an_empty_record(tokenizer):
+    item = _item(tokenizer, "Q ", "tool says \\boxed{7}", num_turns=4)
+    assert _run(MEDSNaiveRewardManager, _config(False), tokenizer, item)["reward_extra_info"][ANSWER_RECORD_KEY] == ""
+
+
+@pytest.mark.parametrize(
+    ("meds", "name", "source", "expected", "records"),
+    [
+        (True, "dapo", "register", "meds_dapo", True),
+        (True, "naive", "register", "meds_naive", True),
+        (True, "meds_dapo", "register", "meds_dapo", True),
+        (True, "gdpo", "register", "gdpo", False),
+        (True, "MyManager", "importlib", "MyManager", False),
+        (False, "dapo", "register", "dapo", False),
+    ],
+)
+def test_recording_manager_selected_only_for_meds_with_verls_managers(meds, name, source, expected, records, caplog):
+    config = OmegaConf.create(
+        {"meds": {"enable": meds}, "reward": {"reward_manager": {"name": name, "source": source}}}
+    )
+    with caplog.at_level(logging.INFO, logger="verl_meds.verl.main"):
+        assert locate_in_reward_workers(config) is records
+    assert config.reward.reward_manager.name == expected
+    if meds and not records:
+        assert "MEDS locates the answers on the driver" in caplog.text
