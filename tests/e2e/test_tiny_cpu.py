@@ -155,6 +155,9 @@ def check_outcome_method(method: str, steps: dict, checkpoint: Path) -> None:
             assert name in steps[step], f"{name} missing at step {step}"
         # The recipes let the reward workers key the answers; the driver only read them.
         assert steps[step]["answer_key/from_reward"] == 1.0
+        # ... and located the answers (the driver reads no responses).
+        located = "explore/located_in_reward" if method.startswith("explore") else "meds/features/located_in_reward"
+        assert steps[step][located] == 1.0
     if method == "meds_answer":
         state = read_memory_state(str(checkpoint / "meds_memory.pkl"))
         assert state["fingerprint"] == {"memory_keys": "answer"} and state["num_features"] is None

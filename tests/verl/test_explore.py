@@ -154,3 +154,46 @@ def test_keys_fall_back_to_decoding_without_reward_keys():
     responses, mask = _batch(texts)
     keys, _ = batch_answer_keys(CharTokenizer(), responses, mask, [{"reward_extra_info": {"acc": 0.0}}] * 3)
     assert keys == ["sym:1/2", "sym:1/2", None]
+
+
+@pytest.mark.parametrize("method", ["batch", "historical"])
+@pytest.mark.parametrize("mask_answer_tokens", [True, False])
+def test_reward_records_and_keys_give_the_same_advantages_without_the_responses(method, mask_answer_tokens):
+    """With the reward workers' answer records and keys, nothing is decoded or located here, and the advantages
+    equal those computed from the responses."""
+    from verl_meds.answer import extract_boxed
+    from verl_meds.grading import answer_keys
+    from verl_meds.step import ANSWER_RECORD_KEY, answer_record, read_answer_records
+
+    rng = np.random.default_rng(0)
+    answers = [r"\boxed{1/2}", r"\boxed{0.5}", r"\boxed{7}", "no answer", r"\fbox {3}"]
+    texts = [f"{'x' * int(rng.integers(0, 6))} so {answers[int(rng.integers(0, 5))]}." for _ in range(12)]
+    responses, mask = _batch(texts)
+    advantages = torch.from_numpy(rng.normal(size=responses.shape)).float() * mask  # (N, T)
+    config = ExplorationConfig(enable=True, method=method, bonus_coef=0.2, mask_answer_tokens=mask_answer_tokens)
+    prompts, groups = [f"p{i % 3}" for i in range(12)], [f"u{i % 3}" for i in range(12)]
+    correct = rng.random(12) < 0.3
+    keys, _ = answer_keys([extract_boxed(t) for t in texts])
+    infos = [
+        {
+            "reward_extra_info": {
+                "answer_key": k or "",
+                "answer_key_timeout": 0.0,
+                "answer_key_error": 0.0,
+                ANSWER_RECORD_KEY: answer_record(r[m.bool()], CharTokenizer()),
+            }
+        }
+        for k, r, m in zip(keys, responses, mask, strict=True)
+    ]
+    records = [info["reward_extra_info"][ANSWER_RECORD_KEY] for info in infos]
+    index = read_answer_records(records, torch.zeros(12, dtype=torch.long))[0].index
+    here, _ = explore_advantages(
+        config, AnswerCounts(), CharTokenizer(), prompts, groups, responses, mask, advantages, correct
+    )
+    recorded, metrics = explore_advantages(
+        config, AnswerCounts(), _NoDecode(), prompts, groups, None, mask, advantages, correct, infos, index
+    )
+    assert torch.equal(here, recorded)
+    assert metrics["answer_key/from_reward"] == 1.0
+    with pytest.raises(ValueError, match="responses are needed"):
+        explore_advantages(config, AnswerCounts(), _NoDecode(), prompts, groups, None, mask, advantages, correct)

@@ -109,22 +109,30 @@ def test_multi_turn_rows_get_an_empty_record(tokenizer):
 
 
 @pytest.mark.parametrize(
-    ("meds", "name", "source", "expected", "records"),
+    ("meds", "explore", "name", "source", "expected", "records"),
     [
-        (True, "dapo", "register", "meds_dapo", True),
-        (True, "naive", "register", "meds_naive", True),
-        (True, "meds_dapo", "register", "meds_dapo", True),
-        (True, "gdpo", "register", "gdpo", False),
-        (True, "MyManager", "importlib", "MyManager", False),
-        (False, "dapo", "register", "dapo", False),
+        (True, False, "dapo", "register", "meds_dapo", True),
+        (True, False, "naive", "register", "meds_naive", True),
+        (False, True, "naive", "register", "meds_naive", True),
+        (True, True, "dapo", "register", "meds_dapo", True),
+        (True, False, "meds_dapo", "register", "meds_dapo", True),
+        (True, False, "gdpo", "register", "gdpo", False),
+        (True, False, "MyManager", "importlib", "MyManager", False),
+        (False, False, "dapo", "register", "dapo", False),
     ],
 )
-def test_recording_manager_selected_only_for_meds_with_verls_managers(meds, name, source, expected, records, caplog):
+def test_recording_manager_selected_only_for_meds_or_exploration_with_verls_managers(
+    meds, explore, name, source, expected, records, caplog
+):
     config = OmegaConf.create(
-        {"meds": {"enable": meds}, "reward": {"reward_manager": {"name": name, "source": source}}}
+        {
+            "meds": {"enable": meds},
+            "exploration": {"enable": explore},
+            "reward": {"reward_manager": {"name": name, "source": source}},
+        }
     )
     with caplog.at_level(logging.INFO, logger="verl_meds.verl.main"):
         assert locate_in_reward_workers(config) is records
     assert config.reward.reward_manager.name == expected
-    if meds and not records:
-        assert "MEDS locates the answers on the driver" in caplog.text
+    if (meds or explore) and not records:
+        assert "the trainer locates the answers on the driver" in caplog.text

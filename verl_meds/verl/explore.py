@@ -86,7 +86,8 @@ def batch_answer_keys(
 
     Args:
         tokenizer (`TokenizerLike`): decodes response ids.
-        responses (`torch.Tensor` of shape `(N, T)`, int): response ids, padded.
+        responses (`torch.Tensor` of shape `(N, T)`, int, or `None`): response ids, padded; `None` when the reward
+            info holds every answer key and `answer_index` is given (or the answer tokens are not masked).
         response_mask (`torch.Tensor` of shape `(N, T)`): 1 on response tokens.
         extra_fields (`list` of length N, *optional*): verl's per-response `extra_fields`.
 
@@ -106,11 +107,12 @@ def explore_advantages(
     tokenizer: TokenizerLike,
     prompt_ids: list[str],
     group_ids: list,
-    responses: torch.Tensor,
+    responses: torch.Tensor | None,
     response_mask: torch.Tensor,
     advantages: torch.Tensor,
     correct,
     extra_fields: list | None = None,
+    answer_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Advantages with the exploration term added, and the `explore/*` metrics; updates `counts`.
 
@@ -120,20 +122,31 @@ def explore_advantages(
         tokenizer (`TokenizerLike`): decodes response ids.
         prompt_ids (`list[str]` of length N): stable prompt id of each response (`stable_prompt_ids`).
         group_ids (`list` of length N): verl's per-step `uid` of each response.
-        responses (`torch.Tensor` of shape `(N, T)`, int): response ids, padded.
+        responses (`torch.Tensor` of shape `(N, T)`, int, or `None`): response ids, padded; `None` when the reward
+            info holds every answer key and `answer_index` is given (or the answer tokens are not masked).
         response_mask (`torch.Tensor` of shape `(N, T)`): 1 on response tokens.
         advantages (`torch.Tensor` of shape `(N, T)`, float): verl's advantages.
         correct (`np.ndarray` of shape `(N,)`, bool): whether each response was graded correct.
         extra_fields (`list` of length N, *optional*): verl's per-response `extra_fields`; answer keys computed by
             the reward function are taken from there ([`batch_answer_keys`]).
+        answer_index (`torch.LongTensor` of shape `(N,)`, *optional*): each response's answer token (-1: none), as
+            the reward workers recorded it (`verl_meds.step.read_answer_records`); located here if omitted.
 
     Returns:
         `tuple`: advantages `(N, T)` (dtype of `advantages`) and metrics.
     """
-    found, key_metrics = batch_answer_keys(tokenizer, responses, response_mask, extra_fields)
-    keys = [key if key is not None else NO_ANSWER for key in found]
+    found = keys_from_reward_info(extra_fields)
+    if found is None or (config.mask_answer_tokens and answer_index is None):
+        if responses is None:
+            raise ValueError("explore_advantages: the responses are needed (no answer keys or answer tokens given)")
+    if found is None:
+        found = batch_answer_keys(tokenizer, responses, response_mask, extra_fields)
+    keys = [key if key is not None else NO_ANSWER for key in found[0]]
     bonus, metrics = exploration_bonus(config, counts, prompt_ids, keys, group_ids, correct)  # (N,)
-    metrics.update(key_metrics)
-    answer_index = locate_answer_tokens(responses, response_mask, tokenizer) if config.mask_answer_tokens else None
+    metrics.update(found[1])
+    if not config.mask_answer_tokens:
+        answer_index = None
+    elif answer_index is None:
+        answer_index = locate_answer_tokens(responses, response_mask, tokenizer)
     shaped = apply_bonus_to_advantages(advantages, response_mask, torch.from_numpy(bonus), answer_index)  # (N, T)
     return shaped, metrics

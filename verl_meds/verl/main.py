@@ -95,27 +95,31 @@ def check_supported_settings(config: DictConfig) -> None:
 
 
 def locate_in_reward_workers(config: DictConfig) -> bool:
-    """With MEDS on, swap verl's `naive` / `dapo` reward manager for the same manager that also records each
-    response's answer location (`verl_meds.verl.reward_manager`), so the trainer never scans the responses.
+    """With MEDS or outcome-based exploration on, swap verl's `naive` / `dapo` reward manager for the same manager
+    that also records each response's answer location (`verl_meds.verl.reward_manager`), so the trainer never scans
+    the responses.
 
     Returns:
-        `bool`: whether the reward workers record the answers (False: MEDS off, or another reward manager; the MEDS
-        hook then locates them on the driver, which is logged).
+        `bool`: whether the reward workers record the answers (False: neither method on, or another reward manager;
+        the hooks then locate the answers on the driver, which is logged).
     """
     from verl_meds.verl.reward_manager import WRAPPED
 
     manager = config.reward.reward_manager
-    if not config.get("meds", {}).get("enable", False):
+    wanted = [name for name in ("meds", "exploration") if config.get(name, {}).get("enable", False)]
+    if not wanted:
         return False
     if manager.get("source", "register") != "register":
-        logger.warning("verl_meds: reward manager from %s; MEDS locates the answers on the driver", manager.source)
+        logger.warning(
+            "verl_meds: reward manager from %s; the trainer locates the answers on the driver", manager.source
+        )
         return False
     if manager.name in WRAPPED.values():
         return True
     if manager.name not in WRAPPED:
         logger.warning(
-            "verl_meds: reward manager '%s' does not record answer locations (only %s do); MEDS locates the answers "
-            "on the driver",
+            "verl_meds: reward manager '%s' does not record answer locations (only %s do); the trainer locates "
+            "the answers on the driver",
             manager.name,
             ", ".join(WRAPPED),
         )

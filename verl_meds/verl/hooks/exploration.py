@@ -5,14 +5,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
 from verl_meds.config import ExplorationConfig
 from verl_meds.exploration import AnswerCounts
-from verl_meds.step import stable_prompt_ids
+from verl_meds.step import ANSWER_RECORD_KEY, read_answer_records, stable_prompt_ids
 from verl_meds.verl.checkpoint import COUNTS_FILENAME, COUNTS_FORMAT
-from verl_meds.verl.explore import explore_advantages
+from verl_meds.verl.explore import explore_advantages, keys_from_reward_info
 from verl_meds.verl.hooks import CheckpointSpec, TrainerHook
-from verl_meds.verl.hooks.grading import accuracy
+from verl_meds.verl.hooks.grading import accuracy, reward_info
 from verl_meds.verl.step_data import StepData
 
 COUNTS_RESTORE_RECORD = "explore_counts_restored.json"
@@ -55,7 +56,6 @@ class ExplorationHook(TrainerHook):
         from verl.workers.utils.padding import response_to_nested
 
         lap = time.perf_counter()
-        pad = self.tokenizer.pad_token_id or 0
         advantages = step.padded("advantages", 0.0)  # (N, T)
         response_mask = step.padded("response_mask")  # (N, T)
         extra_fields, uids = step.list_of("extra_fields"), step.list_of("uid")
@@ -67,17 +67,25 @@ class ExplorationHook(TrainerHook):
         prompt_ids = stable_prompt_ids(extra_infos, prompts, prompt_key)
         # verl's synthetic padding rows copy a real row's reward info: they must not count as answers.
         real = np.flatnonzero(step.real()).tolist()
+        records = [reward_info(extra_fields[i]).get(ANSWER_RECORD_KEY) for i in real]
+        located = read_answer_records(records, torch.zeros(len(real), dtype=torch.long))
+        keyed = keys_from_reward_info([extra_fields[i] for i in real]) is not None
+        responses = None
+        if not keyed or (located is None and self.config.mask_answer_tokens):  # read only when the workers did not
+            responses = step.padded("responses", self.tokenizer.pad_token_id or 0)[real]  # (N_real, T)
+        step.metrics["explore/located_in_reward"] = float(located is not None)
         shaped, metrics = explore_advantages(
             self.config,
             self.counts,
             self.tokenizer,
             [prompt_ids[i] for i in real],
             [uids[i] for i in real],
-            step.padded("responses", pad)[real],  # (N_real, T)
+            responses,
             response_mask[real],  # (N_real, T)
             advantages[real],  # (N_real, T)
             np.array([accuracy(extra_fields[i]) for i in real], dtype=bool),
             extra_fields=[extra_fields[i] for i in real],
+            answer_index=None if located is None else located[0].index,
         )
         advantages[real] = shaped
         step.put({"advantages": response_to_nested(advantages, step.get("response_mask")["response_mask"])})

@@ -35,13 +35,19 @@ def grading_metrics(extra_fields: list) -> dict[str, float]:
     return metrics
 
 
+def reward_info(extra_fields) -> dict:
+    """The reward info verl's agent loop stored in a row's `extra_fields` (`{}` when there is none)."""
+    info = extra_fields.get("reward_extra_info") if isinstance(extra_fields, dict) else None
+    return info if isinstance(info, dict) else {}
+
+
 def accuracy(extra_fields) -> bool:
     """Whether one response was graded correct (`acc` of its reward info above 0.5).
 
     Raises:
         KeyError: when the reward function does not report `acc` (MEDS needs it).
     """
-    info = extra_fields.get("reward_extra_info", {}) if isinstance(extra_fields, dict) else {}
+    info = reward_info(extra_fields)
     if "acc" not in info:
         raise KeyError("MEDS needs the reward function to return 'acc' (see verl_meds.verl.reward.compute_score)")
     return float(info["acc"]) > 0.5

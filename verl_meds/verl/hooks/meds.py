@@ -40,7 +40,7 @@ from verl_meds.verl.checkpoint import FORMAT, MEMORY_FILENAME
 from verl_meds.verl.dump import AnalysisDump, DumpConfig
 from verl_meds.verl.explore import batch_answer_keys, keys_from_reward_info
 from verl_meds.verl.hooks import CheckpointSpec, TrainerHook
-from verl_meds.verl.hooks.grading import accuracy
+from verl_meds.verl.hooks.grading import accuracy, reward_info
 from verl_meds.verl.step_data import StepData
 from verl_meds.verl.worker import ANSWER_TOKEN_KEY, FEATURES_KEY, PRED_POS_KEY
 
@@ -140,7 +140,7 @@ class MEDSHook(TrainerHook):
         prompt_lengths = step.prompt_lengths()
         if prompt_lengths is None:
             prompt_lengths = torch.tensor([p.numel() for p in step.list_of("prompts")], dtype=torch.long)
-        records = [_reward_info(f).get(ANSWER_RECORD_KEY) for f in extra_fields]
+        records = [reward_info(f).get(ANSWER_RECORD_KEY) for f in extra_fields]
         located = read_answer_records(records, prompt_lengths)
         if located is None:  # another reward manager, or multi-turn rows: locate here
             responses, response_mask = self._responses(step)
@@ -210,7 +210,7 @@ class MEDSHook(TrainerHook):
         step.metrics.update(out.metrics)
 
     def _write_dump(self, step: StepData, shared: dict, prompt_ids, correct, extra_fields, out) -> None:
-        infos = [_reward_info(f) for f in extra_fields]
+        infos = [reward_info(f) for f in extra_fields]
         texts = None
         if self.dump_config.responses:
             rows = zip(*self._responses(step), strict=True)
@@ -249,12 +249,6 @@ class MEDSHook(TrainerHook):
         if self.filter_on_shaped:
             drop_flat_groups(step, shaped, uids)
         step.lap("shaping", lap)
-
-
-def _reward_info(extra_fields) -> dict:
-    """The reward info verl's agent loop stored in a row's `extra_fields` (`{}` when there is none)."""
-    info = extra_fields.get("reward_extra_info") if isinstance(extra_fields, dict) else None
-    return info if isinstance(info, dict) else {}
 
 
 def drop_flat_groups(step: StepData, shaped: torch.Tensor, uids: list) -> None:
