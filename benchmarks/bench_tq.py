@@ -17,14 +17,20 @@ background and reused, only the rows whose reward changed written back; `--chang
 and `recorded` (what the MEDS hook does with the recipes' reward managers: the extra fields, which hold the answer
 records of verl's reward workers, read before the log-prob call and parsed with `read_answer_records`, no responses
 read; `PREFETCH_FIELDS` in the background; the rest as `shared`). The background read runs during the workers'
-log-prob pass; it is timed on its own here (`prefetch read`), and `critical path` leaves it out.
+log-prob pass; it is timed on its own here (`prefetch read`), and `critical path` leaves it out. Each step runs in
+the order of a real one, with `--pause` seconds (default 2) standing for the rest of the workers' log-prob pass
+between the background read and the features read. Python's garbage collector runs wherever allocations trigger it
+(a full collection after the 8,192 reward-info dicts are read can land in the next timed part); `--collect` runs it
+before each timed part instead, leaving its pauses out.
 
 Run: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_tq.py [--rows 8192] [--tokens 3072] [--repeats 3]`
+(`--collect`: see above)
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 
@@ -36,6 +42,8 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--changed-frac", type=float, default=0.5)
+    parser.add_argument("--collect", action="store_true", help="collect garbage before each timed part")
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds of the workers' log-prob pass")
     args = parser.parse_args()
 
     import numpy as np
@@ -152,7 +160,7 @@ def main() -> None:
         list(data["uid"])
         prepare_now.scores = list(data["rm_scores"].unbind())
 
-    def shaping_now():
+    def shaping_now():  # the scores come from the background read
         index = {k: i for i, k in enumerate(keys)}
         rows = [prepare_now.scores[index[k]].clone() for k in changed]
         nested = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
@@ -181,13 +189,22 @@ def main() -> None:
         },
     }
     times = {(layout, name): [] for layout, parts in layouts.items() for name in parts}
+    # Each step in the order of a real one: prepare, the background read while the workers' log-prob pass runs
+    # (`--pause` seconds stand for the rest of that pass), the features, the shaping, the grading metrics.
+    order = ["meds_prepare I/O", "prefetch read", "pause", "meds_features I/O", "meds_shaping I/O"]
+    order.append("grading metrics read")
     for _ in range(args.repeats):
         for layout, parts in layouts.items():
-            if layout != "per-stage":
-                parts["prefetch read"]()  # the scores the shaping writes back come from this read
-            for name, fn in parts.items():
+            for name in order:
+                if name == "pause":
+                    time.sleep(args.pause)
+                    continue
+                if name not in parts:
+                    continue
+                if args.collect:
+                    gc.collect()
                 start = time.perf_counter()
-                fn()
+                parts[name]()
                 times[layout, name].append(time.perf_counter() - start)
     median = {key: statistics.median(values) for key, values in times.items()}
     print(
