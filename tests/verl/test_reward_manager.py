@@ -56,8 +56,24 @@ def _item(tokenizer, prompt: str, response: str, num_turns: int = 2) -> DataProt
         "reward_model": np.array([{"ground_truth": "42"}], dtype=object),
         "extra_info": np.array([{"index": 0}], dtype=object),
         "__num_turns__": np.array([num_turns]),
+        "prompt_len": np.array([prompt_ids.numel()]),
+        "response_len": np.array([response_ids.numel()]),
     }
     return DataProto.from_dict(tensors=batch, non_tensors=non_tensor)
+
+
+def _outputs(tokenizer, prompt: str, responses: list[str]) -> DataProto:
+    """A trajectory of several outputs, padded as verl's `_compute_score` pads them (verl rewards the last one)."""
+    items = [_item(tokenizer, prompt, r) for r in responses]
+    width = max(i.batch["responses"].shape[1] for i in items)
+    full = max(i.batch["input_ids"].shape[1] for i in items)
+    tensors = {}
+    for name, size in (("responses", width), ("attention_mask", full), ("input_ids", full), ("position_ids", full)):
+        rows = [torch.nn.functional.pad(i.batch[name][0], (0, size - i.batch[name].shape[1])) for i in items]
+        tensors[name] = torch.stack(rows)
+    tensors["prompts"] = torch.cat([i.batch["prompts"] for i in items])
+    non_tensor = {k: np.concatenate([i.non_tensor_batch[k] for i in items]) for k in items[0].non_tensor_batch}
+    return DataProto.from_dict(tensors=tensors, non_tensors=non_tensor)
 
 
 def _config(overlong: bool):
@@ -103,9 +119,21 @@ def test_same_reward_as_verl_plus_the_record(tokenizer, response, ours, verls):
     assert record == answer_record(tokenizer.encode(response), tokenizer)
 
 
-def test_multi_turn_rows_get_an_empty_record(tokenizer):
-    item = _item(tokenizer, "Q ", "tool says \\boxed{7}", num_turns=4)
+@pytest.mark.parametrize("num_turns", [0, 1, 3, 4, None])
+def test_only_single_turn_rows_get_a_record(tokenizer, num_turns):
+    item = _item(tokenizer, "Q ", "tool says \\boxed{7}", num_turns=num_turns)
+    if num_turns is None:
+        item.non_tensor_batch.pop("__num_turns__")
     assert _run(MEDSNaiveRewardManager, _config(False), tokenizer, item)["reward_extra_info"][ANSWER_RECORD_KEY] == ""
+
+
+def test_multi_output_trajectories_get_an_empty_record(tokenizer):
+    """verl copies the last output's reward info to every output of the trajectory: no record fits them all."""
+    data = _outputs(tokenizer, "Q ", ["first try \\boxed{3} and more words", "so \\boxed{7}"])
+    assert _run(MEDSDAPORewardManager, _config(True), tokenizer, data)["reward_extra_info"][ANSWER_RECORD_KEY] == ""
+    single = _outputs(tokenizer, "Q ", ["so \\boxed{7}"])
+    record = _run(MEDSDAPORewardManager, _config(True), tokenizer, single)["reward_extra_info"][ANSWER_RECORD_KEY]
+    assert record == answer_record(tokenizer.encode("so \\boxed{7}"), tokenizer)
 
 
 @pytest.mark.parametrize(
@@ -119,6 +147,7 @@ def test_multi_turn_rows_get_an_empty_record(tokenizer):
         (True, False, "gdpo", "register", "gdpo", False),
         (True, False, "MyManager", "importlib", "MyManager", False),
         (False, False, "dapo", "register", "dapo", False),
+        (None, False, "dapo", "register", "meds_dapo", True),  # a `meds` block without `enable`: MEDS is on
     ],
 )
 def test_recording_manager_selected_only_for_meds_or_exploration_with_verls_managers(
@@ -126,7 +155,7 @@ def test_recording_manager_selected_only_for_meds_or_exploration_with_verls_mana
 ):
     config = OmegaConf.create(
         {
-            "meds": {"enable": meds},
+            "meds": {"enable": meds} if meds is not None else {"shaping": {"alpha": 0.1}},
             "exploration": {"enable": explore},
             "reward": {"reward_manager": {"name": name, "source": source}},
         }
@@ -134,5 +163,5 @@ def test_recording_manager_selected_only_for_meds_or_exploration_with_verls_mana
     with caplog.at_level(logging.INFO, logger="verl_meds.verl.main"):
         assert locate_in_reward_workers(config) is records
     assert config.reward.reward_manager.name == expected
-    if (meds or explore) and not records:
+    if (meds is not False or explore) and not records:
         assert "the trainer locates the answers on the driver" in caplog.text

@@ -103,11 +103,12 @@ def locate_in_reward_workers(config: DictConfig) -> bool:
         `bool`: whether the reward workers record the answers (False: neither method on, or another reward manager;
         the hooks then locate the answers on the driver, which is logged).
     """
+    from verl_meds.verl.explore import exploration_config_from_trainer_config
+    from verl_meds.verl.hooks.meds import meds_config_from_trainer_config
     from verl_meds.verl.reward_manager import WRAPPED
 
     manager = config.reward.reward_manager
-    wanted = [name for name in ("meds", "exploration") if config.get(name, {}).get("enable", False)]
-    if not wanted:
+    if not (meds_config_from_trainer_config(config).enable or exploration_config_from_trainer_config(config).enable):
         return False
     if manager.get("source", "register") != "register":
         logger.warning(

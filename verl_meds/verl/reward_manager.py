@@ -12,8 +12,9 @@ Registered names (`reward.reward_manager.name`), each verl's manager of the same
 - `meds_dapo`: verl's `dapo` (overlong buffer included).
 
 `verl_meds.verl.main.prepare` selects them when MEDS is on and the config names `naive` or `dapo`; with any other
-manager the hook locates the answers itself, on the driver. Multi-turn responses (more than one assistant turn) get
-no record (their tool tokens are not the policy's), which also sends their step to the driver.
+manager the hook locates the answers itself, on the driver. Only single-turn trajectories with one output get a
+record (`""` otherwise: a multi-turn response holds tool tokens the trainer's location skips, and verl copies a
+trajectory's reward info to all of its outputs), so any other step goes to the driver.
 """
 
 from __future__ import annotations
@@ -36,15 +37,26 @@ class AnswerRecordMixin:
 
     async def run_single(self, data) -> dict:
         result = await super().run_single(data)
-        item = data[-1]  # verl rewards the last sequence of a multi-sequence output
-        num_turns = item.non_tensor_batch.get("__num_turns__", SINGLE_TURN)
-        record = ""
-        if num_turns is None or int(num_turns) <= SINGLE_TURN:
-            response_ids = item.batch["responses"]
-            length = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
-            record = answer_record(response_ids[:length], self.tokenizer)
-        result.setdefault("reward_extra_info", {})[ANSWER_RECORD_KEY] = record
+        result.setdefault("reward_extra_info", {})[ANSWER_RECORD_KEY] = self._record(data)
         return result
+
+    def _record(self, data) -> str:
+        """The answer record of a single-turn, single-output trajectory; `""` for anything else.
+
+        verl copies the reward info of a trajectory's last output to its other outputs (each a row of its own), and a
+        multi-turn response holds tool tokens the trainer's own location skips: both are left to the trainer.
+        """
+        if len(data) != 1:
+            return ""
+        item = data[0]
+        num_turns = item.non_tensor_batch.get("__num_turns__")
+        if num_turns is None or int(num_turns) != SINGLE_TURN:
+            return ""
+        response_ids = item.batch["responses"]
+        length = item.non_tensor_batch.get("response_len")
+        if length is None:
+            length = item.batch["attention_mask"][-response_ids.shape[-1] :].sum()
+        return answer_record(response_ids[: int(length)], self.tokenizer)
 
 
 @register(WRAPPED["naive"])
