@@ -137,6 +137,7 @@ def test_meds_dapo_with_the_vllm_rollout(vllm_env, tmp_path, monkeypatch):
         ):
             assert name in keys, f"{name} not logged at step {step}"
     assert steps[1]["meds/features/missing_frac"] < 1.0, "no feature was captured"
+    assert all(steps[s]["meds/features/located_in_reward"] == 1.0 for s in (1, 2)), "answers located on the driver"
     assert max(steps[s]["meds/penalty/max"] for s in (1, 2)) > 0.0
     assert steps[2]["meds/memory/num_entries"] >= steps[1]["meds/memory/num_entries"] > 0
     memory_file = out / "checkpoints" / "global_step_2" / "meds_memory.pkl"
