@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 transformers = pytest.importorskip("transformers")
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from tiny_tokenizers import byte_level  # noqa: E402
 
 from verl_meds.config import MEDSConfig  # noqa: E402
 from verl_meds.step import MEDSStep, answer_record, read_answer_records, response_digest, response_digests  # noqa: E402
@@ -38,27 +38,9 @@ PIECES = [
 ]
 
 
-def _byte_tokenizer(merges_from: list[str] | None):
-    if merges_from is None:
-        vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    else:
-        tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    if merges_from is not None:
-        trainer = trainers.BpeTrainer(
-            vocab_size=256 + 60, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-        )
-        tok.train_from_iterator(merges_from * 10, trainer)
-    out = transformers.PreTrainedTokenizerFast(tokenizer_object=tok)
-    out.pad_token = out.eos_token = "!"
-    return out
-
-
 TOKENIZERS = {
-    "bytes": _byte_tokenizer(None),
-    "bpe": _byte_tokenizer(["so the answer is \\boxed{42}.", "\\fbox{x+1} and \\boxed {-7}", "\\boxed{\\frac{1}{2}}"]),
+    "bytes": byte_level(),
+    "bpe": byte_level(["so the answer is \\boxed{42}.", "\\fbox{x+1} and \\boxed {-7}", "\\boxed{\\frac{1}{2}}"]),
 }
 
 

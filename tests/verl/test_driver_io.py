@@ -19,9 +19,8 @@ pytest.importorskip("verl")
 
 import ray  # noqa: E402
 import transfer_queue as tq  # noqa: E402
-import transformers  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
+from tiny_tokenizers import byte_level  # noqa: E402
 from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size  # noqa: E402
 from verl.trainer.ppo.v1 import PPOTrainerSync  # noqa: E402
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict  # noqa: E402
@@ -42,13 +41,7 @@ PARTITION = "train"
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    out = transformers.PreTrainedTokenizerFast(tokenizer_object=tok)
-    out.pad_token = out.eos_token = "!"
-    return out
+    return byte_level()
 
 
 @pytest.fixture(scope="module")

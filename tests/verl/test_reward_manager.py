@@ -14,9 +14,8 @@ import torch
 
 pytest.importorskip("verl")
 
-import transformers  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
+from tiny_tokenizers import byte_level  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.experimental.reward_loop.reward_manager.dapo import DAPORewardManager  # noqa: E402
 from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager  # noqa: E402
@@ -31,13 +30,7 @@ pytestmark = pytest.mark.requires_verl
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    out = transformers.PreTrainedTokenizerFast(tokenizer_object=tok)
-    out.pad_token = out.eos_token = "!"
-    return out
+    return byte_level()
 
 
 def _item(tokenizer, prompt: str, response: str, num_turns: int = 2) -> DataProto:
