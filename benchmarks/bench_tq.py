@@ -93,17 +93,39 @@ def main() -> None:
     features = torch.nested.as_nested_tensor([torch.randn(14) for _ in range(n)], layout=torch.jagged)
     tq.kv_batch_put(keys=keys, partition_id="train", fields=tq_fields({FEATURES_KEY: features}, n))
 
-    def prepare():
-        fields = ["prompts", "responses", "response_mask", "extra_info", "extra_fields"]
-        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=fields)
-        responses = data["responses"].to_padded_tensor(padding=0)  # (N, T)
-        data["response_mask"].to_padded_tensor(padding=0)  # (N, T)
-        positions = torch.full((responses.shape[0],), 5, dtype=torch.long)
-        tq.kv_batch_put(
-            keys=keys,
-            partition_id="train",
-            fields=tq_fields({PRED_POS_KEY: positions, ANSWER_TOKEN_KEY: positions}, n),
-        )
+    scores: list = []  # token-level scores from the background read, which the shaping writes back
+    prompt_lengths = torch.full((n,), args.prompt_tokens, dtype=torch.long)
+    changed = [k for i, k in enumerate(keys) if (i * 7919) % 1000 < args.changed_frac * 1000]
+
+    def write_positions(pred_pos: torch.Tensor, token: torch.Tensor) -> None:
+        fields = tq_fields({PRED_POS_KEY: pred_pos, ANSWER_TOKEN_KEY: token}, n)
+        tq.kv_batch_put(keys=keys, partition_id="train", fields=fields)
+
+    def prepare_from_responses(fields: list[str]):
+        def prepare():
+            data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=fields)
+            responses = data["responses"].to_padded_tensor(padding=0)  # (N, T)
+            data["response_mask"].to_padded_tensor(padding=0)  # (N, T)
+            positions = torch.full((responses.shape[0],), 5, dtype=torch.long)
+            write_positions(positions, positions)
+
+        return prepare
+
+    def prepare_recorded():
+        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["extra_fields"])
+        records = [f["reward_extra_info"][ANSWER_RECORD_KEY] for f in data["extra_fields"]]
+        location, _ = read_answer_records(records, prompt_lengths)
+        write_positions(location.pred_pos, location.token)
+
+    def background_read(fields: list[str]):
+        def read():
+            data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=fields)
+            for name in fields:
+                if name != "rm_scores":
+                    list(data[name])
+            scores[:] = list(data["rm_scores"].unbind())
+
+        return read
 
     def read_features():
         out = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=[FEATURES_KEY])
@@ -111,81 +133,43 @@ def main() -> None:
 
     def shaping():
         data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["rm_scores", "uid"])
-        scores = list(data["rm_scores"].unbind())
-        torch.stack([s.sum() for s in scores])
+        rows = list(data["rm_scores"].unbind())
+        torch.stack([s.sum() for s in rows])
         list(data["uid"])
-        nested = torch.nested.as_nested_tensor([s.clone() for s in scores], layout=torch.jagged)
+        nested = torch.nested.as_nested_tensor([s.clone() for s in rows], layout=torch.jagged)
         tq.kv_batch_put(keys=keys, partition_id="train", fields=tq_fields({"rm_scores": nested}, n))
+
+    def shaping_changed():
+        index = {k: i for i, k in enumerate(keys)}
+        nested = torch.nested.as_nested_tensor([scores[index[k]].clone() for k in changed], layout=torch.jagged)
+        tq.kv_batch_put(keys=changed, partition_id="train", fields=tq_fields({"rm_scores": nested}, len(changed)))
 
     def grading_info():
         data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["extra_fields"])
         list(data["extra_fields"])
 
-    changed = [k for i, k in enumerate(keys) if (i * 7919) % 1000 < args.changed_frac * 1000]
-
-    def prepare_now():
-        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["responses", "response_mask"])
-        responses = data["responses"].to_padded_tensor(padding=0)  # (N, T)
-        data["response_mask"].to_padded_tensor(padding=0)  # (N, T)
-        positions = torch.full((responses.shape[0],), 5, dtype=torch.long)
-        tq.kv_batch_put(
-            keys=keys,
-            partition_id="train",
-            fields=tq_fields({PRED_POS_KEY: positions, ANSWER_TOKEN_KEY: positions}, n),
-        )
-
-    def prefetch_now():
-        fields = ["extra_info", "extra_fields", "rm_scores", "uid"]
-        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=fields)
-        list(data["extra_fields"])
-        list(data["extra_info"])
-        list(data["uid"])
-        prepare_now.scores = list(data["rm_scores"].unbind())
-
-    prompt_lengths = torch.full((n,), args.prompt_tokens, dtype=torch.long)
-
-    def prepare_recorded():
-        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["extra_fields"])
-        records = [f["reward_extra_info"][ANSWER_RECORD_KEY] for f in data["extra_fields"]]
-        location, _ = read_answer_records(records, prompt_lengths)
-        tq.kv_batch_put(
-            keys=keys,
-            partition_id="train",
-            fields=tq_fields({PRED_POS_KEY: location.pred_pos, ANSWER_TOKEN_KEY: location.token}, n),
-        )
-
-    def prefetch_recorded():
-        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=list(PREFETCH_FIELDS))
-        list(data["extra_info"])
-        list(data["uid"])
-        prepare_now.scores = list(data["rm_scores"].unbind())
-
-    def shaping_now():  # the scores come from the background read
-        index = {k: i for i, k in enumerate(keys)}
-        rows = [prepare_now.scores[index[k]].clone() for k in changed]
-        nested = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
-        tq.kv_batch_put(keys=changed, partition_id="train", fields=tq_fields({"rm_scores": nested}, len(changed)))
-
     layouts = {
         "per-stage": {
-            "meds_prepare I/O": prepare,
+            "meds_prepare I/O": prepare_from_responses(
+                ["prompts", "responses", "response_mask", "extra_info", "extra_fields"]
+            ),
             "meds_features I/O": read_features,
             "meds_shaping I/O": shaping,
             "grading metrics read": grading_info,
         },
         "shared": {
-            "meds_prepare I/O": prepare_now,
+            "meds_prepare I/O": prepare_from_responses(["responses", "response_mask"]),
             "meds_features I/O": read_features,
-            "meds_shaping I/O": shaping_now,
+            "meds_shaping I/O": shaping_changed,
             "grading metrics read": lambda: None,
-            "prefetch read": prefetch_now,
+            "prefetch read": background_read(["extra_info", "extra_fields", "rm_scores", "uid"]),
         },
         "recorded": {
             "meds_prepare I/O": prepare_recorded,
             "meds_features I/O": read_features,
-            "meds_shaping I/O": shaping_now,
+            "meds_shaping I/O": shaping_changed,
             "grading metrics read": lambda: None,
-            "prefetch read": prefetch_recorded,
+            "prefetch read": background_read(list(PREFETCH_FIELDS)),
         },
     }
     times = {(layout, name): [] for layout, parts in layouts.items() for name in parts}
